@@ -1,0 +1,184 @@
+"""Inference engines behind one small interface.
+
+`VLLMEngine` wraps one warm `vllm.LLM`. A shard hands it all of its requests at
+once; results come back as they finish (not in input order), so the caller can
+checkpoint and publish progress while the engine stays full.
+
+`InstantEngine` is the deterministic instant engine for orchestration tests and
+benchmarks that need hundreds of shards. It never loads a model and is only
+reachable through a models file that names `engine: instant` (tests do; the
+shipped configs/models.yaml does not).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from batchsvc.models import ModelSpec
+from batchsvc.outputs import CHAT_URL, Choice, RequestFailure
+from batchsvc.sampling import EngineOptions, engine_options
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    custom_id: str
+    url: str
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class EngineResult:
+    custom_id: str
+    choices: list[Choice] | None
+    prompt_tokens: int = 0
+    latency_s: float = 0.0
+    failure: RequestFailure | None = None
+
+
+class Engine(Protocol):
+    spec: ModelSpec
+
+    def run(self, requests: Iterable[EngineRequest]) -> Iterator[EngineResult]:
+        """Yield one result per request, in completion order."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class VLLMEngine:
+    def __init__(self, spec: ModelSpec):
+        for name, value in spec.engine_env.items():
+            os.environ.setdefault(name, str(value))
+        from vllm import LLM  # heavy import: only on LLM workers
+
+        self.spec = spec
+        started = time.monotonic()
+        self.llm = LLM(model=spec.model, **dict(spec.engine_args))
+        self.load_seconds = time.monotonic() - started
+        log.info("loaded %s (%s) in %.1fs", spec.alias, spec.model, self.load_seconds)
+
+    def _params(self, options: EngineOptions) -> Any:
+        from vllm.sampling_params import SamplingParams, StructuredOutputsParams
+
+        params = SamplingParams(**options.sampling)
+        if options.structured is not None:
+            params.structured_outputs = StructuredOutputsParams(**options.structured)
+        return params
+
+    def _enqueue(self, request: EngineRequest) -> str:
+        options = engine_options(request.body, self.spec)
+        params = self._params(options)
+        if request.url == CHAT_URL:
+            ids = self.llm.enqueue_chat(
+                [request.body["messages"]],
+                [params],
+                use_tqdm=False,
+                chat_template_kwargs=options.chat_template_kwargs or None,
+            )
+        else:
+            ids = self.llm.enqueue([request.body["prompt"]], [params], use_tqdm=False)
+        return ids[0]
+
+    def run(self, requests: Iterable[EngineRequest]) -> Iterator[EngineResult]:
+        from vllm.exceptions import VLLMClientError
+
+        engine = self.llm.llm_engine
+        pending: dict[str, tuple[EngineRequest, float]] = {}
+        try:
+            for request in requests:
+                try:
+                    request_id = self._enqueue(request)
+                except (VLLMClientError, ValueError, TypeError, KeyError) as exc:
+                    # The engine refused this request alone (e.g. prompt longer
+                    # than max_model_len); the rest of the shard goes on.
+                    yield EngineResult(request.custom_id, None, failure=_failure_from(exc))
+                    continue
+                pending[request_id] = (request, time.monotonic())
+            # enqueue returns internal ids ("<n>-<random>"); outputs carry the
+            # external id "<n>". Keep the internal ones for abort_request.
+            internal_of = {rid.rsplit("-", 1)[0]: rid for rid in pending}
+            while pending and engine.has_unfinished_requests():
+                for output in engine.step():
+                    internal = internal_of.get(output.request_id)
+                    if not output.finished or internal not in pending:
+                        continue
+                    request, queued = pending.pop(internal)
+                    yield self._result(request, output, time.monotonic() - queued)
+            for request, _ in pending.values():  # should not happen; never drop a request silently
+                yield EngineResult(
+                    request.custom_id, None, failure=RequestFailure("engine_error", "engine lost the request", 500)
+                )
+            pending.clear()
+        finally:
+            if pending:  # the consumer stopped early (cancel, crash): free the engine for the next shard
+                engine.abort_request(list(pending), internal=True)
+
+    @staticmethod
+    def _result(request: EngineRequest, output: Any, latency: float) -> EngineResult:
+        choices = [
+            Choice(c.index, c.text, c.finish_reason, len(c.token_ids)) for c in sorted(output.outputs, key=_index)
+        ]
+        return EngineResult(request.custom_id, choices, len(output.prompt_token_ids or ()), latency)
+
+    def close(self) -> None:
+        del self.llm
+
+
+def _index(completion: Any) -> int:
+    return int(completion.index)
+
+
+def _failure_from(exc: Exception) -> RequestFailure:
+    message = str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
+    code = "context_length_exceeded" if "maximum model length" in message else "invalid_request"
+    param = getattr(exc, "parameter", None)
+    return RequestFailure(code=code, message=message, status_code=400, param=param)
+
+
+class InstantEngine:
+    """Deterministic instant engine (tests and benchmarks only): answers every
+    request at once with text derived from a hash of the request."""
+
+    def __init__(self, spec: ModelSpec):
+        self.spec = spec
+
+    def run(self, requests: Iterable[EngineRequest]) -> Iterator[EngineResult]:
+        for request in requests:
+            options = engine_options(request.body, self.spec)
+            seed = hashlib.sha256(repr((request.custom_id, request.body)).encode()).hexdigest()
+            n = int(options.sampling.get("n", 1))
+            choices = [Choice(i, f"instant:{seed[:16]}:{i}", "stop", 3) for i in range(n)]
+            prompt_tokens = len(repr(request.body.get("messages") or request.body.get("prompt")).split())
+            yield EngineResult(request.custom_id, choices, prompt_tokens, 0.0)
+
+    def close(self) -> None:
+        pass
+
+
+_ENGINE_KINDS = {"vllm": VLLMEngine, "instant": InstantEngine}
+_warm: dict[str, Engine] = {}
+
+
+def get_engine(spec: ModelSpec) -> Engine:
+    """The process's warm engine for a model, loaded on first use.
+
+    One real model per process: a worker owns one GPU, and a request for a
+    different model replaces the loaded one rather than sharing the memory.
+    """
+    engine = _warm.get(spec.alias)
+    if engine is not None:
+        return engine
+    if spec.engine == "vllm":
+        for alias in [a for a, e in _warm.items() if isinstance(e, VLLMEngine)]:
+            _warm.pop(alias).close()
+    engine = _ENGINE_KINDS[spec.engine](spec)
+    _warm[spec.alias] = engine
+    return engine

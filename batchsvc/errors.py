@@ -1,0 +1,65 @@
+"""One error vocabulary for the whole service.
+
+The web layer turns every `ServiceError` (and every HTTP error) into the envelope
+`{"error": {"type", "message", "details"}}`; the type decides the status code.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+
+class ErrorType(StrEnum):
+    INVALID_REQUEST = "invalid_request"
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    CONFLICT = "conflict"
+    GONE = "gone"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    VALIDATION = "validation_error"
+    RATE_LIMITED = "rate_limited"
+    INTERNAL = "internal_error"
+    UNAVAILABLE = "service_unavailable"
+
+    @property
+    def status(self) -> int:
+        return _STATUS[self]
+
+
+_STATUS = {
+    ErrorType.INVALID_REQUEST: 400,
+    ErrorType.UNAUTHORIZED: 401,
+    ErrorType.FORBIDDEN: 403,
+    ErrorType.NOT_FOUND: 404,
+    ErrorType.METHOD_NOT_ALLOWED: 405,
+    ErrorType.CONFLICT: 409,
+    ErrorType.GONE: 410,
+    ErrorType.PAYLOAD_TOO_LARGE: 413,
+    ErrorType.UNSUPPORTED_MEDIA_TYPE: 415,
+    ErrorType.VALIDATION: 422,
+    ErrorType.RATE_LIMITED: 429,
+    ErrorType.INTERNAL: 500,
+    ErrorType.UNAVAILABLE: 503,
+}
+
+
+class ServiceError(Exception):
+    """An error a client should see, with a type and the field or line at fault."""
+
+    def __init__(self, type_: ErrorType, message: str, details: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.type = type_
+        self.message = message
+        self.details = details or {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"error": {"type": self.type.value, "message": self.message, "details": self.details}}
+
+
+class JobNotFound(ServiceError):
+    def __init__(self, job_id: str):
+        super().__init__(ErrorType.NOT_FOUND, f"no batch job with id {job_id!r}", {"job_id": job_id})

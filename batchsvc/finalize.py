@@ -1,0 +1,104 @@
+"""Finalize a job: merge shard outputs in input order into one results file and
+one errors file, upload both (multipart), record stats, and mark the job done."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from batchsvc import layout, outputs
+from batchsvc.jobs import Job, JobStatus
+from batchsvc.manifest import Manifest, ShardSummary
+from batchsvc.services import Services
+from batchsvc.shards import iter_lines
+from batchsvc.storage import Storage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MergeStats:
+    total: int = 0
+    successful: int = 0
+    failed: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_sum: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        avg = round(self.latency_sum / self.successful, 4) if self.successful else None
+        return {
+            "total": self.total,
+            "successful": self.successful,
+            "failed": self.failed,
+            "avg_response_time": avg,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+        }
+
+
+def merge_outputs(storage: Storage, manifest: Manifest, results_path: Path, errors_path: Path) -> MergeStats:
+    """Stream every shard's output, in shard order, into the two local files."""
+    stats = MergeStats()
+    with results_path.open("wb") as results, errors_path.open("wb") as errors:
+        for shard in manifest.shards:
+            summary = ShardSummary.load(storage, manifest.job_id, shard.index)
+            stats.latency_sum += summary.latency_sum
+            for raw in iter_lines(storage, summary.output_key):
+                line = orjson.loads(raw)
+                stats.total += 1
+                if outputs.is_success(line):
+                    stats.successful += 1
+                    p, c = outputs.usage_of(line)
+                    stats.prompt_tokens += p
+                    stats.completion_tokens += c
+                    results.write(raw + b"\n")
+                else:
+                    stats.failed += 1
+                    errors.write(raw + b"\n")
+    return stats
+
+
+def finalize_job(svc: Services, job_id: str) -> Job:
+    """Merge and publish a job's results. Safe to run again: the keys are fixed
+    and a job already completed is returned as it is."""
+    job = svc.jobs.get(job_id)
+    if job.status.terminal:
+        return job
+    svc.jobs.transition(
+        job_id,
+        JobStatus.FINALIZING,
+        expect={JobStatus.IN_PROGRESS, JobStatus.FINALIZING},
+        finalizing_at=time.time(),
+    )
+    manifest = Manifest.load(svc.storage, job_id)
+    with tempfile.TemporaryDirectory(prefix="batchsvc-finalize-") as workdir:
+        results_path, errors_path = Path(workdir) / "results.jsonl", Path(workdir) / "errors.jsonl"
+        stats = merge_outputs(svc.storage, manifest, results_path, errors_path)
+        if stats.total != manifest.total:
+            raise RuntimeError(f"job {job_id}: merged {stats.total} lines, manifest has {manifest.total}")
+        svc.storage.put_file(layout.results_key(job_id), results_path, "application/jsonl")
+        svc.storage.put_file(layout.errors_key(job_id), errors_path, "application/jsonl")
+
+    now = time.time()
+    svc.jobs.transition(
+        job_id,
+        JobStatus.COMPLETED,
+        expect={JobStatus.FINALIZING},
+        finished_at=now,
+        stats=stats.to_dict(),
+        results_key=layout.results_key(job_id),
+        errors_key=layout.errors_key(job_id),
+        estimated_completion=None,
+    )
+    job = svc.jobs.get(job_id)
+    if job.started_at is not None and now > job.started_at and stats.total:
+        svc.jobs.record_model_rate(job.model, stats.total / (now - job.started_at))
+    log.info("job %s %s: %s", job_id, job.status.value, stats.to_dict())
+    return job

@@ -1,0 +1,221 @@
+"""Job state in Redis: one hash per job, per-shard progress, and a time index.
+
+Keys (all under the settings' `redis_prefix`):
+    {p}:job:{id}           hash, one JSON-encoded value per field of `Job`
+    {p}:job:{id}:progress  hash, "{shard}:{counter}" -> absolute count for that shard
+    {p}:jobs               sorted set, job id scored by created_at (listing, newest first)
+    {p}:model_rate:{alias} last measured requests/s for a model (estimates)
+
+Progress is written as absolute per-shard numbers (HSET, not HINCRBY) so a
+re-run of a shard overwrites its own figures instead of counting twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import time
+from dataclasses import dataclass, field
+from enum import Enum, StrEnum
+from typing import Any
+
+import orjson
+import redis
+
+from batchsvc.errors import JobNotFound
+from batchsvc.settings import Settings
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    VALIDATING = "validating"
+    IN_PROGRESS = "in_progress"
+    FINALIZING = "finalizing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.EXPIRED})
+ACTIVE = frozenset(set(JobStatus) - TERMINAL)
+
+
+def new_job_id() -> str:
+    # 128 random bits: ids are unguessable, and double as OpenAI-style batch ids.
+    return "batch_" + secrets.token_hex(16)
+
+
+@dataclass
+class Job:
+    id: str
+    model: str
+    status: JobStatus = JobStatus.QUEUED
+    created_at: float = field(default_factory=time.time)
+    endpoint: str = "/v1/chat/completions"
+    input_key: str | None = None  # object key of the stored input file
+    input_url: str | None = None  # set while the input still has to be fetched
+    webhook_url: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    validating_at: float | None = None
+    started_at: float | None = None  # the first shard began running
+    in_progress_at: float | None = None
+    finalizing_at: float | None = None
+    finished_at: float | None = None
+    total: int | None = None  # request lines, known after validation (or at upload)
+    shard_count: int | None = None
+    errors: list[dict[str, Any]] = field(default_factory=list)  # first N validation/job errors
+    error_count: int = 0
+    stats: dict[str, Any] | None = None
+    results_key: str | None = None
+    errors_key: str | None = None
+    estimated_completion: float | None = None
+    webhook_status: str | None = None  # pending, delivered, failed
+
+    def to_fields(self) -> dict[str, bytes]:
+        # None is stored as an absent field, so HSETNX can fill it in exactly once.
+        return {
+            f.name: orjson.dumps(_plain(getattr(self, f.name)))
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) is not None
+        }
+
+    @classmethod
+    def from_fields(cls, raw: dict[bytes, bytes]) -> Job:
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k.decode(): orjson.loads(v) for k, v in raw.items() if k.decode() in names}
+        values["status"] = JobStatus(values["status"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Counts:
+    completed: int = 0  # requests answered with a 200 response
+    failed: int = 0  # requests that ended in an error line
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def done(self) -> int:
+        return self.completed + self.failed
+
+
+_COUNTERS = ("completed", "failed", "prompt_tokens", "completion_tokens")
+
+# Compare-and-set on the status field, so two workers can never move a job
+# backwards (e.g. a late shard un-finishing a completed job).
+_TRANSITION = """
+local cur = redis.call('HGET', KEYS[1], 'status')
+if not cur then return -1 end
+local allowed = cjson.decode(ARGV[1])
+local ok = false
+for _, s in ipairs(allowed) do if s == cur then ok = true end end
+if not ok then return 0 end
+for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+
+
+class JobStore:
+    def __init__(self, client: redis.Redis, prefix: str = "batchsvc"):
+        self.redis = client
+        self.prefix = prefix
+        self._transition = client.register_script(_TRANSITION)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> JobStore:
+        client = redis.Redis.from_url(
+            settings.state_redis_url, health_check_interval=30, socket_timeout=10, socket_connect_timeout=5
+        )
+        return cls(client, settings.redis_prefix)
+
+    # --- keys ---
+    def _key(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def _progress_key(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:progress"
+
+    @property
+    def _index_key(self) -> str:
+        return f"{self.prefix}:jobs"
+
+    # --- jobs ---
+    def create(self, job: Job) -> Job:
+        pipe = self.redis.pipeline()
+        pipe.hset(self._key(job.id), mapping=job.to_fields())
+        pipe.zadd(self._index_key, {job.id: job.created_at})
+        pipe.execute()
+        return job
+
+    def get(self, job_id: str) -> Job:
+        raw = self.redis.hgetall(self._key(job_id))
+        if not raw:
+            raise JobNotFound(job_id)
+        return Job.from_fields(raw)
+
+    def exists(self, job_id: str) -> bool:
+        return bool(self.redis.exists(self._key(job_id)))
+
+    def update(self, job_id: str, **fields: Any) -> None:
+        mapping = {name: orjson.dumps(_plain(value)) for name, value in fields.items() if value is not None}
+        cleared = [name for name, value in fields.items() if value is None]
+        pipe = self.redis.pipeline()
+        if mapping:
+            pipe.hset(self._key(job_id), mapping=mapping)
+        if cleared:
+            pipe.hdel(self._key(job_id), *cleared)
+        pipe.execute()
+
+    def transition(
+        self, job_id: str, to: JobStatus, *, expect: frozenset[JobStatus] | set[JobStatus], **fields: Any
+    ) -> bool:
+        """Move a job to `to` if its status is one of `expect`; also set `fields`. True if moved."""
+        args: list[Any] = [orjson.dumps([orjson.dumps(s.value).decode() for s in expect])]
+        fields["status"] = to
+        for name, value in fields.items():
+            args += [name, orjson.dumps(_plain(value))]
+        result = self._transition(keys=[self._key(job_id)], args=args)
+        if result == -1:
+            raise JobNotFound(job_id)
+        return bool(result)
+
+    def list_ids(self, *, limit: int = 20, before: float | None = None) -> list[str]:
+        """Job ids, newest first."""
+        hi: float | str = "+inf" if before is None else f"({before}"
+        ids = self.redis.zrevrangebyscore(self._index_key, hi, "-inf", start=0, num=limit)
+        return [i.decode() for i in ids]
+
+    # --- progress ---
+    def record_shard_progress(self, job_id: str, shard: int, counts: Counts) -> None:
+        mapping = {f"{shard}:{name}": getattr(counts, name) for name in _COUNTERS}
+        self.redis.hset(self._progress_key(job_id), mapping=mapping)
+
+    def counts(self, job_id: str) -> Counts:
+        totals = dict.fromkeys(_COUNTERS, 0)
+        for key, value in self.redis.hgetall(self._progress_key(job_id)).items():
+            name = key.decode().split(":", 1)[1]
+            if name in totals:
+                totals[name] += int(value)
+        return Counts(**totals)
+
+    def mark_started(self, job_id: str, when: float) -> None:
+        """Record when the first shard began; later shards leave it alone."""
+        self.redis.hsetnx(self._key(job_id), "started_at", orjson.dumps(when))
+
+    # --- estimates ---
+    def model_rate(self, alias: str) -> float | None:
+        raw = self.redis.get(f"{self.prefix}:model_rate:{alias}")
+        return float(raw) if raw else None
+
+    def record_model_rate(self, alias: str, req_per_sec: float) -> None:
+        self.redis.set(f"{self.prefix}:model_rate:{alias}", repr(req_per_sec))
+
+
+def _plain(value: Any) -> Any:
+    return value.value if isinstance(value, Enum) else value

@@ -1,0 +1,48 @@
+"""Where each object of a job lives in storage. Deterministic keys: a re-run of any
+step writes to the same place, so it can never leave a second copy behind."""
+
+from __future__ import annotations
+
+
+def job_prefix(job_id: str) -> str:
+    return f"jobs/{job_id}/"
+
+
+def input_key(job_id: str) -> str:
+    return f"jobs/{job_id}/input.jsonl"
+
+
+def manifest_key(job_id: str) -> str:
+    return f"jobs/{job_id}/manifest.json"
+
+
+def _shard(job_id: str, index: int) -> str:
+    return f"jobs/{job_id}/shards/{index:05d}"
+
+
+def shard_input_key(job_id: str, index: int) -> str:
+    return f"{_shard(job_id, index)}/input.jsonl"
+
+
+def shard_parts_prefix(job_id: str, index: int) -> str:
+    return f"{_shard(job_id, index)}/parts/"
+
+
+def shard_part_key(job_id: str, index: int, seq: int) -> str:
+    return f"{shard_parts_prefix(job_id, index)}{seq:06d}.jsonl"
+
+
+def shard_output_key(job_id: str, index: int) -> str:
+    return f"{_shard(job_id, index)}/output.jsonl"
+
+
+def shard_summary_key(job_id: str, index: int) -> str:
+    return f"{_shard(job_id, index)}/summary.json"
+
+
+def results_key(job_id: str) -> str:
+    return f"jobs/{job_id}/results.jsonl"
+
+
+def errors_key(job_id: str) -> str:
+    return f"jobs/{job_id}/errors.jsonl"

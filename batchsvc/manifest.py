@@ -1,0 +1,71 @@
+"""The storage manifest of a job: which shards exist and what each holds.
+
+Written once by prepare; shards, finalize and recovery read it. Together with
+the per-shard summaries it lets a job be rebuilt from storage alone."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import orjson
+
+from batchsvc import layout
+from batchsvc.storage import Storage
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    index: int
+    count: int  # requests in the shard
+    first_line: int  # input line number of its first request
+
+
+@dataclass(frozen=True)
+class Manifest:
+    job_id: str
+    model: str
+    total: int
+    shards: list[ShardInfo]
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Manifest:
+        raw = orjson.loads(data)
+        return cls(raw["job_id"], raw["model"], raw["total"], [ShardInfo(**s) for s in raw["shards"]])
+
+    def save(self, storage: Storage) -> None:
+        storage.put_bytes(layout.manifest_key(self.job_id), self.to_json(), content_type="application/json")
+
+    @classmethod
+    def load(cls, storage: Storage, job_id: str) -> Manifest:
+        return cls.from_json(storage.get_bytes(layout.manifest_key(job_id)))
+
+
+@dataclass(frozen=True)
+class ShardSummary:
+    """What a finished shard wrote; also the small pointer a shard task returns."""
+
+    job_id: str
+    index: int
+    output_key: str
+    count: int
+    succeeded: int
+    failed: int
+    prompt_tokens: int
+    completion_tokens: int
+    latency_sum: float  # seconds, over requests the engine answered
+    sha256: str  # of the shard output object
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def load(cls, storage: Storage, job_id: str, index: int) -> ShardSummary:
+        return cls(**orjson.loads(storage.get_bytes(layout.shard_summary_key(job_id, index))))
+
+    def save(self, storage: Storage) -> None:
+        storage.put_bytes(
+            layout.shard_summary_key(self.job_id, self.index), orjson.dumps(asdict(self)), "application/json"
+        )

@@ -1,0 +1,132 @@
+"""OpenAI batch output lines: `{id, custom_id, response: {status_code, request_id, body}, error}`.
+
+Ids are derived from the job and custom_id, so a re-run of a request writes the
+same ids and a duplicate is recognisable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+CHAT_URL = "/v1/chat/completions"
+COMPLETIONS_URL = "/v1/completions"
+
+
+@dataclass(frozen=True)
+class Choice:
+    index: int
+    text: str
+    finish_reason: str | None
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class RequestFailure:
+    """A request the engine refused or could not run; it becomes an error line."""
+
+    code: str
+    message: str
+    status_code: int = 400
+    param: str | None = None
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.blake2b("\x1f".join(parts).encode(), digest_size=12).hexdigest()
+
+
+def line_ids(job_id: str, custom_id: str) -> tuple[str, str]:
+    """(batch request id, response request id) for a request of a job."""
+    d = _digest(job_id, custom_id)
+    return f"batch_req_{d}", f"req_{d}"
+
+
+def completion_body(
+    *,
+    url: str,
+    job_id: str,
+    custom_id: str,
+    model: str,
+    choices: list[Choice],
+    prompt_tokens: int,
+    created: int | None = None,
+) -> dict[str, Any]:
+    """A `chat.completion` or `text_completion` response body, as OpenAI shapes it."""
+    completion_tokens = sum(c.completion_tokens for c in choices)
+    created = int(time.time()) if created is None else created
+    usage = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+    digest = _digest(job_id, custom_id)
+    if url == CHAT_URL:
+        return {
+            "id": f"chatcmpl-{digest}",
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": [
+                {
+                    "index": c.index,
+                    "message": {"role": "assistant", "content": c.text, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": c.finish_reason,
+                }
+                for c in choices
+            ],
+            "usage": usage,
+        }
+    return {
+        "id": f"cmpl-{digest}",
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {"index": c.index, "text": c.text, "logprobs": None, "finish_reason": c.finish_reason} for c in choices
+        ],
+        "usage": usage,
+    }
+
+
+def success_line(job_id: str, custom_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    line_id, request_id = line_ids(job_id, custom_id)
+    return {
+        "id": line_id,
+        "custom_id": custom_id,
+        "response": {"status_code": 200, "request_id": request_id, "body": body},
+        "error": None,
+    }
+
+
+def rejected_line(job_id: str, custom_id: str, failure: RequestFailure) -> dict[str, Any]:
+    """The engine answered this request with an error (e.g. prompt too long)."""
+    line_id, request_id = line_ids(job_id, custom_id)
+    error = {"message": failure.message, "type": "invalid_request_error", "param": failure.param, "code": failure.code}
+    return {
+        "id": line_id,
+        "custom_id": custom_id,
+        "response": {"status_code": failure.status_code, "request_id": request_id, "body": {"error": error}},
+        "error": None,
+    }
+
+
+def not_run_line(job_id: str, custom_id: str, code: str, message: str) -> dict[str, Any]:
+    """The request never got a response (shard lost, job cancelled or expired)."""
+    line_id, _ = line_ids(job_id, custom_id)
+    return {"id": line_id, "custom_id": custom_id, "response": None, "error": {"code": code, "message": message}}
+
+
+def is_success(line: dict[str, Any]) -> bool:
+    response = line.get("response")
+    return line.get("error") is None and response is not None and response.get("status_code") == 200
+
+
+def usage_of(line: dict[str, Any]) -> tuple[int, int]:
+    """(prompt_tokens, completion_tokens) of a success line; zeros otherwise."""
+    if not is_success(line):
+        return 0, 0
+    usage = line["response"]["body"].get("usage") or {}
+    return int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))

@@ -1,0 +1,150 @@
+"""Prepare a job: fetch its input if it is a URL, validate it in one streaming
+pass, and cut it into shards in storage in the same pass."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+from batchsvc import layout
+from batchsvc.fetch import FetchError, fetch_to_storage
+from batchsvc.jobs import JobStatus
+from batchsvc.manifest import Manifest, ShardInfo
+from batchsvc.services import Services
+from batchsvc.storage import Storage
+from batchsvc.validation import BatchRequest, BatchValidator
+
+log = logging.getLogger(__name__)
+
+
+class ShardWriter:
+    """Collects valid request lines into shard files of `shard_size` lines and
+    uploads each one as soon as it is full, so only one shard sits on local disk."""
+
+    def __init__(self, storage: Storage, job_id: str, shard_size: int, workdir: Path):
+        self.storage = storage
+        self.job_id = job_id
+        self.shard_size = shard_size
+        self.workdir = workdir
+        self.shards: list[ShardInfo] = []
+        self._fh = None
+        self._count = 0
+        self._first_line = 0
+
+    def add(self, request: BatchRequest) -> None:
+        if self._fh is None:
+            self._fh = (self.workdir / "shard.jsonl").open("wb")
+            self._count = 0
+            self._first_line = request.line
+        self._fh.write(request.raw)
+        self._fh.write(b"\n")
+        self._count += 1
+        if self._count >= self.shard_size:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._fh is None:
+            return
+        self._fh.close()
+        index = len(self.shards)
+        self.storage.put_file(
+            layout.shard_input_key(self.job_id, index), self.workdir / "shard.jsonl", "application/jsonl"
+        )
+        self.shards.append(ShardInfo(index=index, count=self._count, first_line=self._first_line))
+        self._fh = None
+
+    def close(self) -> list[ShardInfo]:
+        self._flush()
+        return self.shards
+
+    def discard(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        for shard in self.shards:
+            self.storage.delete(layout.shard_input_key(self.job_id, shard.index))
+        self.shards = []
+
+
+def fail_job(svc: Services, job_id: str, errors: list[dict], error_count: int) -> None:
+    now = time.time()
+    moved = svc.jobs.transition(
+        job_id,
+        JobStatus.FAILED,
+        expect={JobStatus.QUEUED, JobStatus.VALIDATING},
+        errors=errors,
+        error_count=error_count,
+        finished_at=now,
+        estimated_completion=None,
+    )
+    if moved:
+        log.info("job %s failed validation with %d error(s)", job_id, error_count)
+
+
+def prepare_job(svc: Services, job_id: str) -> Manifest | None:
+    """Validate and shard a queued job. Returns the manifest, or None when the job
+    failed validation (or was already prepared by an earlier delivery)."""
+    settings = svc.settings
+    job = svc.jobs.get(job_id)
+    if job.status not in (JobStatus.QUEUED, JobStatus.VALIDATING):
+        log.info("job %s is %s; prepare has nothing to do", job_id, job.status.value)
+        return None
+    svc.jobs.transition(
+        job_id, JobStatus.VALIDATING, expect={JobStatus.QUEUED, JobStatus.VALIDATING}, validating_at=time.time()
+    )
+
+    spec = svc.models.get(job.model)
+    if spec is None:
+        fail_job(svc, job_id, [_job_error("unknown_model", f"model {job.model!r} is not served here", "model")], 1)
+        return None
+
+    input_key = job.input_key
+    if input_key is None:
+        input_key = layout.input_key(job_id)
+        try:
+            fetch_to_storage(
+                job.input_url or "",
+                svc.storage,
+                input_key,
+                max_bytes=settings.max_file_bytes,
+                timeout=settings.fetch_timeout_s,
+            )
+        except FetchError as exc:
+            fail_job(svc, job_id, [_job_error("fetch_failed", str(exc), "input_file_url")], 1)
+            return None
+        svc.jobs.update(job_id, input_key=input_key)
+
+    validator = BatchValidator(
+        model_names=spec.names,
+        max_file_bytes=settings.max_file_bytes,
+        max_lines=settings.max_lines,
+        max_line_bytes=settings.max_line_bytes,
+        max_tokens_cap=spec.max_tokens_cap,
+        max_errors=settings.max_errors_reported,
+    )
+    with tempfile.TemporaryDirectory(prefix="batchsvc-prepare-") as workdir:
+        writer = ShardWriter(svc.storage, job_id, settings.shard_size, Path(workdir))
+        with svc.storage.open(input_key) as stream:
+            for request in validator.iter_valid(stream):
+                # Keep validating after the first error, to report up to N of them,
+                # but stop writing shards: nothing of a bad file is ever run.
+                if validator.report.error_count == 0:
+                    writer.add(request)
+        report = validator.report
+        if not report.ok:
+            writer.discard()
+            fail_job(svc, job_id, [e.to_dict() for e in report.errors], report.error_count)
+            return None
+        shards = writer.close()
+
+    manifest = Manifest(job_id=job_id, model=job.model, total=report.valid, shards=shards)
+    manifest.save(svc.storage)
+    svc.jobs.update(job_id, total=manifest.total, shard_count=len(shards))
+    log.info("job %s: %d requests in %d shard(s)", job_id, manifest.total, len(shards))
+    return manifest
+
+
+def _job_error(code: str, message: str, param: str | None) -> dict:
+    return {"line": None, "code": code, "message": message, "param": param}

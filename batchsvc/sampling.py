@@ -1,0 +1,65 @@
+"""Request body -> engine options. Pure data, so it is tested without loading vLLM.
+
+The vLLM adapter turns `EngineOptions.sampling` into `SamplingParams(**sampling)`
+and `EngineOptions.structured` into `StructuredOutputsParams(**structured)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from batchsvc.models import ModelSpec
+
+# OpenAI body field -> SamplingParams keyword, copied through unchanged.
+_PASS_THROUGH = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "seed": "seed",
+    "n": "n",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+}
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    sampling: dict[str, Any]
+    structured: dict[str, Any] | None = None
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def max_tokens_for(body: dict[str, Any], spec: ModelSpec) -> int:
+    # max_completion_tokens is the newer OpenAI name; it wins when both are given.
+    asked = body.get("max_completion_tokens", body.get("max_tokens"))
+    if asked is None:
+        asked = spec.default_max_tokens
+    return max(1, min(int(asked), spec.max_tokens_cap))
+
+
+def structured_for(response_format: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not response_format:
+        return None
+    kind = response_format.get("type")
+    if kind == "json_schema":
+        return {"json": response_format["json_schema"]["schema"]}
+    if kind == "json_object":
+        return {"json_object": True}
+    return None
+
+
+def engine_options(body: dict[str, Any], spec: ModelSpec) -> EngineOptions:
+    sampling: dict[str, Any] = {"max_tokens": max_tokens_for(body, spec)}
+    for source, target in _PASS_THROUGH.items():
+        if body.get(source) is not None:
+            sampling[target] = body[source]
+    stop = body.get("stop")
+    if stop is not None:
+        sampling["stop"] = [stop] if isinstance(stop, str) else list(stop)
+    # Per-model defaults first (e.g. Qwen3 thinking off), then what the request asks for.
+    template_kwargs = {**spec.chat_template_kwargs, **(body.get("chat_template_kwargs") or {})}
+    return EngineOptions(
+        sampling=sampling,
+        structured=structured_for(body.get("response_format")),
+        chat_template_kwargs=template_kwargs,
+    )

@@ -1,0 +1,182 @@
+"""Every setting, read once: `configs/settings.yaml`, then an optional second YAML
+file named by `BATCHSVC_CONFIG`, then `BATCHSVC_<NAME>` environment variables.
+
+Flask, Celery, the scripts and the tests all build their objects from one
+`Settings`, so the web and the workers cannot disagree about where things live.
+
+Redis database map (the defaults; each is its own URL so production can split them):
+    db 0  Celery broker (queues)
+    db 1  Celery result backend (chord counters, shard pointers)
+    db 2  job state (`state_redis_url`): job hashes, progress, the job index
+    db 3  rate limits (Flask-Limiter)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ENV_PREFIX = "BATCHSVC_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- Redis ---
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    result_backend: str = "redis://127.0.0.1:6379/1"
+    state_redis_url: str = "redis://127.0.0.1:6379/2"
+    ratelimit_storage_url: str = "redis://127.0.0.1:6379/3"
+    redis_prefix: str = "batchsvc"
+
+    # --- Celery delivery ---
+    cpu_queue: str = "batch"  # prepare, finalize, webhooks, beat jobs
+    llm_queue_prefix: str = "llm"  # shard tasks go to f"{prefix}.{model alias}"
+    # Must exceed the longest shard run, or Redis redelivers a shard that is still running.
+    visibility_timeout_s: int = 6 * 3600
+    result_expires_s: int = 7 * 24 * 3600
+    shard_soft_time_limit_s: int = 4 * 3600
+    # A shard whose engine fails this many times gives its unanswered requests up
+    # as error lines, so one poisoned shard cannot hold a whole job hostage.
+    shard_max_attempts: int = 3
+
+    # --- Storage ---
+    storage_backend: str = "local"  # "local" or "s3"
+    storage_local_root: str = "var/storage"
+    s3_endpoint: str = "127.0.0.1:9000"
+    s3_access_key: str = "minioadmin"
+    s3_secret_key: str = "minioadmin"
+    s3_bucket: str = "batchsvc"
+    s3_secure: bool = False
+    s3_region: str = "us-east-1"
+    s3_public_endpoint: str | None = None
+    s3_sse: bool = False
+    s3_part_size_mb: int = 16
+
+    # --- HTTP API ---
+    public_base_url: str = "http://127.0.0.1:8000"
+    # Signs local-storage download links. Empty means "make one up per process",
+    # which only works for a single process; `make up` and production set it.
+    signing_secret: str = ""
+    result_link_ttl_s: int = 3600
+
+    # --- Input limits ---
+    max_file_bytes: int = 200 * 1024 * 1024
+    max_lines: int = 200_000
+    max_line_bytes: int = 1024 * 1024
+    max_errors_reported: int = 100
+    fetch_timeout_s: float = 30.0
+
+    # --- Execution ---
+    models_file: str = "configs/models.yaml"
+    shard_size: int = 1024
+    progress_every: int = 100  # publish progress at least every N finished requests
+    progress_interval_s: float = 2.0  # ... and at least this often while requests finish
+
+    # --- Webhooks ---
+    webhook_timeout_s: float = 10.0
+    webhook_max_attempts: int = 8
+    webhook_backoff_s: float = 2.0
+    webhook_backoff_max_s: float = 600.0
+
+    # --- Operations ---
+    sentry_dsn: str | None = None
+    environment: str = "development"
+    log_level: str = "INFO"
+    schedule_file: str = "configs/schedule.yaml"
+
+    def path(self, value: str) -> Path:
+        """Resolve a settings path relative to the project root."""
+        p = Path(value)
+        return p if p.is_absolute() else PROJECT_ROOT / p
+
+
+def _coerce(name: str, raw: Any, annotation: Any) -> Any:
+    """Turn a YAML value or an environment string into the field's declared type."""
+    hint = annotation
+    optional = False
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(hint))
+        hint = args[0]
+    if raw is None or (optional and isinstance(raw, str) and raw.strip() in ("", "null", "none")):
+        if optional:
+            return None
+        raise ValueError(f"setting {name} may not be empty")
+    try:
+        if hint is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if hint is int:
+            if isinstance(raw, bool):
+                raise ValueError(raw)
+            return int(raw)
+        if hint is float:
+            return float(raw)
+        return str(raw)
+    except ValueError:
+        raise ValueError(f"setting {name}: {raw!r} is not a valid {hint.__name__}") from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    with path.open() as fh:
+        data = yaml.safe_load(fh) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of settings")
+    return data
+
+
+def load_settings(environ: typing.Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build settings from the YAML files, the environment and explicit overrides (tests)."""
+    environ = os.environ if environ is None else environ
+    hints = typing.get_type_hints(Settings)
+    known = {f.name for f in dataclasses.fields(Settings)}
+    values: dict[str, Any] = {}
+
+    sources = [PROJECT_ROOT / "configs" / "settings.yaml"]
+    if environ.get("BATCHSVC_CONFIG"):
+        sources.append(Path(environ["BATCHSVC_CONFIG"]))
+    for source in sources:
+        for key, raw in _read_yaml(source).items():
+            if key not in known:
+                raise ValueError(f"{source}: unknown setting {key!r}")
+            values[key] = _coerce(key, raw, hints[key])
+
+    for name in known:
+        env_name = ENV_PREFIX + name.upper()
+        if env_name in environ:
+            values[name] = _coerce(env_name, environ[env_name], hints[name])
+    # The conventional unprefixed name, so Sentry's own docs apply.
+    if "SENTRY_DSN" in environ and "sentry_dsn" not in values:
+        values["sentry_dsn"] = environ["SENTRY_DSN"] or None
+
+    for key, raw in overrides.items():
+        if key not in known:
+            raise ValueError(f"unknown setting {key!r}")
+        values[key] = raw
+    return Settings(**values)
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read on first use."""
+    return load_settings()
+
+
+__all__ = ["PROJECT_ROOT", "Settings", "get_settings", "load_settings"]

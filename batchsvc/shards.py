@@ -1,0 +1,219 @@
+"""Run one shard on the warm engine.
+
+The whole shard goes to the engine at once. As results finish, they are written
+to storage in checkpoint parts (at least every `progress_every` requests, and
+every `progress_interval_s`) and the shard's progress is published. A re-run
+of the shard reads its parts back and sends only the requests not yet answered.
+When all are answered the parts are assembled, in input order, into the shard's
+output object, and a summary is written; the summary is the small pointer the
+shard task returns to the chord.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import orjson
+
+from batchsvc import layout, outputs
+from batchsvc.engine import Engine, EngineRequest, EngineResult, get_engine
+from batchsvc.jobs import Counts
+from batchsvc.manifest import ShardSummary
+from batchsvc.models import ModelSpec
+from batchsvc.services import Services
+from batchsvc.storage import ObjectNotFound, Storage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Tally:
+    succeeded: int = 0
+    failed: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_sum: float = 0.0
+
+    def add(self, line: dict, latency: float = 0.0) -> None:
+        if outputs.is_success(line):
+            self.succeeded += 1
+            p, c = outputs.usage_of(line)
+            self.prompt_tokens += p
+            self.completion_tokens += c
+            self.latency_sum += latency
+        else:
+            self.failed += 1
+
+    def counts(self) -> Counts:
+        return Counts(self.succeeded, self.failed, self.prompt_tokens, self.completion_tokens)
+
+
+def read_shard_requests(storage: Storage, job_id: str, index: int) -> list[EngineRequest]:
+    requests = []
+    with storage.open(layout.shard_input_key(job_id, index)) as stream:
+        for raw in stream:
+            if raw.strip():
+                item = orjson.loads(raw)
+                requests.append(EngineRequest(item["custom_id"], item["url"], item["body"]))
+    return requests
+
+
+def read_checkpoint(storage: Storage, job_id: str, index: int) -> tuple[dict[str, bytes], int]:
+    """Lines already answered by earlier runs (custom_id -> output line), and the
+    number of parts, so new parts never overwrite old ones."""
+    done: dict[str, bytes] = {}
+    parts = 0
+    for info in storage.list(layout.shard_parts_prefix(job_id, index)):
+        parts += 1
+        with storage.open(info.key) as stream:
+            for raw in stream:
+                if raw.strip():
+                    done[orjson.loads(raw)["custom_id"]] = raw.rstrip(b"\n")
+    return done, parts
+
+
+def result_line(job_id: str, model: str, request: EngineRequest, result: EngineResult) -> dict:
+    if result.failure is not None or result.choices is None:
+        failure = result.failure or outputs.RequestFailure("engine_error", "no output", 500)
+        return outputs.rejected_line(job_id, request.custom_id, failure)
+    body = outputs.completion_body(
+        url=request.url,
+        job_id=job_id,
+        custom_id=request.custom_id,
+        model=model,
+        choices=result.choices,
+        prompt_tokens=result.prompt_tokens,
+    )
+    return outputs.success_line(job_id, request.custom_id, body)
+
+
+class ShardRun:
+    def __init__(self, svc: Services, job_id: str, index: int, spec: ModelSpec, model_name: str):
+        self.svc = svc
+        self.storage = svc.storage
+        self.job_id = job_id
+        self.index = index
+        self.spec = spec
+        self.model_name = model_name
+        self.tally = _Tally()
+        self.done: dict[str, bytes] = {}
+        self._buffer: list[bytes] = []
+        self._next_part = 0
+        self._last_flush = time.monotonic()
+
+    def _flush(self) -> None:
+        if self._buffer:
+            data = b"\n".join(self._buffer) + b"\n"
+            self.storage.put_bytes(
+                layout.shard_part_key(self.job_id, self.index, self._next_part), data, "application/jsonl"
+            )
+            self._next_part += 1
+            self._buffer = []
+        self.svc.jobs.record_shard_progress(self.job_id, self.index, self.tally.counts())
+        self._last_flush = time.monotonic()
+
+    def _accept_line(self, custom_id: str, line: dict, latency: float = 0.0) -> None:
+        raw = orjson.dumps(line)
+        self.done[custom_id] = raw
+        self._buffer.append(raw)
+        self.tally.add(line, latency)
+        settings = self.svc.settings
+        if (
+            len(self._buffer) >= settings.progress_every
+            or time.monotonic() - self._last_flush >= settings.progress_interval_s
+        ):
+            self._flush()
+
+    def execute(self, engine: Engine | None, give_up: str | None = None) -> ShardSummary:
+        """Answer the requests the checkpoints do not hold yet: with `engine`, or,
+        when `give_up` says why, as error lines, so the job can still finish."""
+        requests = read_shard_requests(self.storage, self.job_id, self.index)
+        self.done, self._next_part = read_checkpoint(self.storage, self.job_id, self.index)
+        for raw in self.done.values():
+            self.tally.add(orjson.loads(raw))
+        by_id = {r.custom_id: r for r in requests}
+        todo = [r for r in requests if r.custom_id not in self.done]
+        if self.done:
+            log.info("shard %s/%d resumes: %d done, %d to run", self.job_id, self.index, len(self.done), len(todo))
+        self.svc.jobs.mark_started(self.job_id, time.time())
+        if give_up is not None:
+            for request in todo:
+                line = outputs.not_run_line(self.job_id, request.custom_id, "shard_failed", give_up)
+                self._accept_line(request.custom_id, line)
+        elif engine is not None and todo:
+            for result in engine.run(iter(todo)):
+                request = by_id[result.custom_id]
+                self._accept_line(
+                    request.custom_id, result_line(self.job_id, self.model_name, request, result), result.latency_s
+                )
+        self._flush()
+        return self._assemble(requests)
+
+    def _assemble(self, requests: list[EngineRequest]) -> ShardSummary:
+        output_key = layout.shard_output_key(self.job_id, self.index)
+        digest = hashlib.sha256()
+        with tempfile.NamedTemporaryFile(prefix="batchsvc-shard-") as tmp:
+            for request in requests:
+                raw = self.done[request.custom_id] + b"\n"
+                digest.update(raw)
+                tmp.write(raw)
+            tmp.flush()
+            self.storage.put_file(output_key, tmp.name, "application/jsonl")
+        summary = ShardSummary(
+            job_id=self.job_id,
+            index=self.index,
+            output_key=output_key,
+            count=len(requests),
+            succeeded=self.tally.succeeded,
+            failed=self.tally.failed,
+            prompt_tokens=self.tally.prompt_tokens,
+            completion_tokens=self.tally.completion_tokens,
+            latency_sum=round(self.tally.latency_sum, 6),
+            sha256=digest.hexdigest(),
+        )
+        summary.save(self.storage)
+        self.storage.delete_prefix(layout.shard_parts_prefix(self.job_id, self.index))
+        return summary
+
+
+def _shard_run(svc: Services, job_id: str, index: int) -> ShardRun | ShardSummary:
+    try:
+        return ShardSummary.load(svc.storage, job_id, index)
+    except ObjectNotFound:
+        pass
+    job = svc.jobs.get(job_id)
+    spec = svc.models.get(job.model)
+    if spec is None:
+        raise LookupError(f"model {job.model!r} of job {job_id} is not in the catalogue")
+    return ShardRun(svc, job_id, index, spec, job.model)
+
+
+def run_shard(
+    svc: Services, job_id: str, index: int, engine_for: Callable[[ModelSpec], Engine] = get_engine
+) -> ShardSummary:
+    """Run a shard to completion, or return the summary of an earlier finished run."""
+    run = _shard_run(svc, job_id, index)
+    if isinstance(run, ShardSummary):
+        return run
+    return run.execute(engine_for(run.spec))
+
+
+def give_up_shard(svc: Services, job_id: str, index: int, reason: str) -> ShardSummary:
+    """Finish a shard that cannot run: keep what its checkpoints hold and turn the
+    rest into error lines, so every request still appears once in the results."""
+    run = _shard_run(svc, job_id, index)
+    if isinstance(run, ShardSummary):
+        return run
+    return run.execute(None, give_up=reason)
+
+
+def iter_lines(storage: Storage, key: str) -> Iterator[bytes]:
+    with storage.open(key) as stream:
+        for raw in stream:
+            if raw.strip():
+                yield raw.rstrip(b"\n")

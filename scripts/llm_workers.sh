@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Start the LLM workers of this host: one Celery worker per visible GPU, each pinned
+# with CUDA_VISIBLE_DEVICES and named llm-gpuN@host; on a host without GPUs, one
+# worker named llm-cpu@host. Each runs --pool solo (vLLM may start its own
+# processes), takes one shard at a time, and keeps its model warm.
+#
+#   BATCHSVC_WORKER_MODELS  comma-separated model aliases this host serves
+#                           (default: qwen3-4b with GPUs, tiny-random without)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CELERY=${CELERY:-.venv/bin/celery}
+
+if [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then
+    IFS=',' read -r -a GPUS <<< "$CUDA_VISIBLE_DEVICES"
+elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    mapfile -t GPUS < <(nvidia-smi --query-gpu=index --format=csv,noheader)
+else
+    GPUS=()
+fi
+
+if [ ${#GPUS[@]} -gt 0 ]; then DEFAULT_MODELS=qwen3-4b; else DEFAULT_MODELS=tiny-random; fi
+MODELS=${BATCHSVC_WORKER_MODELS:-$DEFAULT_MODELS}
+PREFIX=${BATCHSVC_LLM_QUEUE_PREFIX:-llm}
+QUEUES=$(echo "$MODELS" | tr ',' '\n' | sed "s/^/$PREFIX./" | paste -sd, -)
+export BATCHSVC_PRELOAD_MODEL=${MODELS%%,*}
+
+worker() {  # node name; runs in the foreground
+    "$CELERY" -A tasks.worker worker -Q "$QUEUES" --pool solo --prefetch-multiplier 1 -n "$1@%h" --loglevel INFO
+}
+
+if [ ${#GPUS[@]} -eq 0 ]; then
+    worker llm-cpu
+    exit
+fi
+
+trap 'kill 0' INT TERM EXIT
+for gpu in "${GPUS[@]}"; do
+    CUDA_VISIBLE_DEVICES=$gpu worker "llm-gpu$gpu" &
+done
+wait

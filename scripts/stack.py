@@ -1,0 +1,138 @@
+"""Run the Procfile's processes in the background: `up`, `down`, `status`.
+
+`up` is idempotent: it starts whichever processes are not running (say, a worker
+that died) and leaves the rest alone. Logs go to var/log/<name>.log, pids to
+var/run/<name>.pid. Each process leads its own process group, so `down` also
+stops what it started (the GPU launcher's workers, gunicorn's workers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN = ROOT / "var" / "run"
+LOGS = ROOT / "var" / "log"
+DEFAULT_PROCESSES = ["web", "cpu", "worker", "beat", "flower"]
+
+
+def procfile() -> dict[str, str]:
+    entries = {}
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, command = line.split(":", 1)
+            entries[name.strip()] = command.strip()
+    return entries
+
+
+def pid_of(name: str) -> int | None:
+    path = RUN / f"{name}.pid"
+    try:
+        pid = int(path.read_text())
+        os.kill(pid, 0)
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return None
+    except PermissionError:
+        return pid
+    # A zombie or a reused pid is not ours: check it still leads our group.
+    try:
+        if os.getpgid(pid) != pid:
+            return None
+    except ProcessLookupError:
+        return None
+    return pid
+
+
+def start(name: str, command: str) -> int:
+    RUN.mkdir(parents=True, exist_ok=True)
+    LOGS.mkdir(parents=True, exist_ok=True)
+    log = (LOGS / f"{name}.log").open("ab")
+    process = subprocess.Popen(
+        ["bash", "-c", f"exec {command}"],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    (RUN / f"{name}.pid").write_text(str(process.pid))
+    return process.pid
+
+
+def stop(name: str, timeout: float = 30.0) -> bool:
+    pid = pid_of(name)
+    if pid is None:
+        (RUN / f"{name}.pid").unlink(missing_ok=True)
+        return False
+    os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        os.killpg(pid, signal.SIGKILL)
+    (RUN / f"{name}.pid").unlink(missing_ok=True)
+    return True
+
+
+def wait_for_web(url: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.3)
+    return False
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("action", choices=["up", "down", "status"])
+    parser.add_argument("names", nargs="*", help=f"processes (default: {' '.join(DEFAULT_PROCESSES)})")
+    args = parser.parse_args()
+    entries = procfile()
+    names = args.names or DEFAULT_PROCESSES
+    unknown = [n for n in names if n not in entries]
+    if unknown:
+        parser.error(f"not in the Procfile: {', '.join(unknown)}")
+
+    if args.action == "status":
+        for name in names:
+            pid = pid_of(name)
+            print(f"{name:8} {'running pid ' + str(pid) if pid else 'stopped'}")
+        return 0
+    if args.action == "down":
+        for name in reversed(names):
+            print(f"{name:8} {'stopped' if stop(name) else 'was not running'}")
+        return 0
+
+    for name in names:
+        pid = pid_of(name)
+        if pid:
+            print(f"{name:8} already running (pid {pid})")
+        else:
+            print(f"{name:8} started (pid {start(name, entries[name])}), log var/log/{name}.log")
+    if "web" in names:
+        url = f"http://127.0.0.1:{os.environ.get('PORT', '8000')}"
+        if not wait_for_web(url, 60):
+            print(f"the API did not answer at {url}; see var/log/web.log", file=sys.stderr)
+            return 1
+        print(f"API ready at {url}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

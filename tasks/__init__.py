@@ -1,0 +1,1 @@
+"""Celery adapters: each task turns ids into one call of the `batchsvc` core."""

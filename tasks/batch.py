@@ -1,0 +1,135 @@
+"""The batch pipeline as Celery tasks: prepare -> chord(shard...) -> finalize -> webhook.
+
+Tasks take ids, never payloads, and every one is safe to run twice."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import timedelta
+
+import redis.exceptions
+from celery import Task, chord
+
+from batchsvc import webhooks
+from batchsvc.finalize import finalize_job
+from batchsvc.jobs import JobStatus
+from batchsvc.prepare import prepare_job
+from batchsvc.services import current_services
+from batchsvc.settings import get_settings
+from batchsvc.shards import give_up_shard, run_shard
+from batchsvc.storage import StorageUnavailable
+from batchsvc.submit import submit_job
+from tasks.celery_app import FINALIZE, PREPARE, RESCORE, SHARD, WEBHOOK, app, celery_priority, llm_queue
+from tasks.schedule import rescoring_entry
+
+log = logging.getLogger(__name__)
+
+# Outages that pass: retry these, and nothing broader.
+TRANSIENT = (StorageUnavailable, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+_RETRY = {"autoretry_for": TRANSIENT, "retry_backoff": 2, "retry_backoff_max": 300, "retry_jitter": True}
+
+
+@app.task(name=PREPARE, bind=True, acks_late=True, max_retries=10, **_RETRY)
+def prepare(self: Task, job_id: str) -> int:
+    svc = current_services()
+    manifest = prepare_job(svc, job_id)
+    if manifest is None:
+        return 0
+    # Only the delivery that moves the job to in_progress starts the chord.
+    if not svc.jobs.transition(
+        job_id, JobStatus.IN_PROGRESS, expect={JobStatus.VALIDATING}, in_progress_at=time.time()
+    ):
+        return len(manifest.shards)
+    queue = llm_queue(svc.settings, manifest.model)
+    priority = celery_priority(int(svc.jobs.get(job_id).metadata.get("priority", 5)))
+    header = [shard.si(job_id, s.index).set(queue=queue, priority=priority) for s in manifest.shards]
+    chord(header)(finalize.s(job_id).set(queue=svc.settings.cpu_queue, priority=priority))
+    return len(manifest.shards)
+
+
+@app.task(
+    name=SHARD,
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    max_retries=None,
+    soft_time_limit=get_settings().shard_soft_time_limit_s,
+)
+def shard(self: Task, job_id: str, index: int) -> dict:
+    svc = current_services()
+    attempt = self.request.retries + 1
+    try:
+        return run_shard(svc, job_id, index).to_dict()
+    except TRANSIENT as exc:
+        # Storage or Redis blinked: the checkpoint keeps the work done so far.
+        raise self.retry(exc=exc, countdown=_backoff(attempt)) from None
+    except Exception as exc:
+        # The engine failed on this shard (a crash, a bug, a time limit). Try again
+        # a few times, then answer the rest of it with error lines: the job finishes.
+        if attempt < svc.settings.shard_max_attempts:
+            log.warning("shard %s/%d attempt %d failed: %r", job_id, index, attempt, exc)
+            raise self.retry(exc=exc, countdown=_backoff(attempt)) from None
+        log.exception("shard %s/%d failed %d times; giving up its remaining requests", job_id, index, attempt)
+        reason = f"shard failed {attempt} times: {type(exc).__name__}"
+        return give_up_shard(svc, job_id, index, reason).to_dict()
+
+
+def _backoff(attempt: int) -> float:
+    return float(min(300, 2**attempt))
+
+
+@app.task(name=FINALIZE, bind=True, acks_late=True, max_retries=10, **_RETRY)
+def finalize(self: Task, shard_results: list[dict], job_id: str) -> str:
+    svc = current_services()
+    job = finalize_job(svc, job_id)
+    if job.webhook_url and job.webhook_status is None:
+        svc.jobs.update(job_id, webhook_status="pending")
+        webhook.apply_async((job_id,), queue=svc.settings.cpu_queue)
+    return job.status.value
+
+
+@app.task(name=WEBHOOK, bind=True, acks_late=True, max_retries=None)
+def webhook(self: Task, job_id: str) -> str:
+    svc = current_services()
+    settings = svc.settings
+    job = svc.jobs.get(job_id)
+    if not job.webhook_url or job.webhook_status == "delivered":
+        return job.webhook_status or "none"
+    results_url = None
+    if job.results_key:
+        results_url = svc.storage.presigned_get_url(
+            job.results_key, timedelta(seconds=settings.result_link_ttl_s), download_name=f"{job_id}-results.jsonl"
+        )
+    body = webhooks.payload(job_id, job.status.value, job.stats, results_url)
+    msg_id = webhooks.delivery_id(job_id, job.status.value)
+    try:
+        webhooks.deliver(job.webhook_url, body, msg_id, timeout=settings.webhook_timeout_s)
+    except webhooks.WebhookError as exc:
+        attempt = self.request.retries + 1
+        if attempt >= settings.webhook_max_attempts:
+            # A receiver that keeps failing never fails the job.
+            log.warning("webhook for %s gave up after %d attempts: %s", job_id, attempt, exc)
+            svc.jobs.update(job_id, webhook_status="failed")
+            return "failed"
+        delay = webhooks.backoff(attempt, settings.webhook_backoff_s, settings.webhook_backoff_max_s)
+        log.info("webhook for %s attempt %d failed (%s); retry in %.0fs", job_id, attempt, exc, delay)
+        raise self.retry(countdown=delay, exc=exc) from None
+    svc.jobs.update(job_id, webhook_status="delivered")
+    return "delivered"
+
+
+@app.task(name=RESCORE, bind=True, acks_late=True, max_retries=10, **_RETRY)
+def rescore(self: Task, name: str) -> str:
+    """Beat's nightly rescoring: submit the configured input as a new job."""
+    svc = current_services()
+    entry = rescoring_entry(svc.settings, name)
+    job = submit_job(
+        svc,
+        model=entry["model"],
+        input_url=entry["input_file_url"],
+        webhook_url=entry.get("webhook_url"),
+        metadata={"job_name": name, "priority": int(entry.get("priority", 3))},
+        enqueue=lambda job_id: prepare.apply_async((job_id,), queue=svc.settings.cpu_queue),
+    )
+    return job.id

@@ -1,0 +1,43 @@
+"""Worker entry point: `celery -A tasks.worker worker ...` (also beat and flower).
+
+LLM workers set BATCHSVC_PRELOAD_MODEL to load their model as the worker
+starts, so the first shard finds the engine warm."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from celery import signals
+
+from batchsvc.engine import get_engine
+from batchsvc.services import current_services
+from batchsvc.settings import get_settings
+from batchsvc.telemetry import init_sentry
+from tasks import batch as _tasks  # noqa: F401  (registers the tasks)
+from tasks.celery_app import app
+from tasks.schedule import beat_schedule
+
+log = logging.getLogger(__name__)
+
+app.conf.beat_schedule = beat_schedule(get_settings())
+
+
+@signals.worker_init.connect
+def _init(**_: object) -> None:
+    init_sentry(get_settings(), "worker")
+
+
+@signals.worker_ready.connect
+def _preload(**_: object) -> None:
+    alias = os.environ.get("BATCHSVC_PRELOAD_MODEL")
+    if not alias:
+        return
+    spec = current_services().models.get(alias)
+    if spec is None:
+        log.error("BATCHSVC_PRELOAD_MODEL=%s is not in the model catalogue", alias)
+        return
+    get_engine(spec)
+
+
+__all__ = ["app"]

@@ -1,0 +1,32 @@
+"""Flask app factory. Run with `gunicorn 'web:create_app()'`."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from batchsvc.services import Services
+from batchsvc.settings import Settings, get_settings
+from batchsvc.telemetry import init_sentry
+from tasks.celery_app import create_celery
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or get_settings()
+    init_sentry(settings, "web")
+    app = Flask("batchsvc", static_folder=None)
+    # Werkzeug answers 413 itself past this size: the file plus room for the form fields.
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_file_bytes + 1024 * 1024
+    app.extensions["batchsvc"] = Services(settings)
+    app.extensions["celery"] = create_celery(settings)
+    logging.basicConfig(level=settings.log_level)
+
+    from web.api import bp
+    from web.errors import register_error_handlers
+    from web.health import health
+
+    app.register_blueprint(bp)
+    app.register_blueprint(health)
+    register_error_handlers(app)
+    return app

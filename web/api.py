@@ -1,0 +1,213 @@
+"""The /v1 blueprint: HTTP in, calls of the batchsvc core out."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from batchsvc import progress
+from batchsvc.errors import ErrorType, ServiceError
+from batchsvc.jobs import Job, JobStatus
+from batchsvc.services import Services
+from batchsvc.storage import InvalidDownloadToken, LocalStorage, ObjectNotFound
+from batchsvc.submit import submit_job
+from tasks.celery_app import PREPARE, celery_priority
+from web.schemas import ListJobsSchema, SubmitBatchFormSchema, SubmitBatchSchema
+
+bp = Blueprint("v1", __name__, url_prefix="/v1")
+
+
+def services() -> Services:
+    return current_app.extensions["batchsvc"]
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _enqueue_prepare(priority: int):
+    celery = current_app.extensions["celery"]
+    queue = services().settings.cpu_queue
+
+    def enqueue(job_id: str) -> None:
+        celery.send_task(PREPARE, args=[job_id], queue=queue, priority=celery_priority(priority))
+
+    return enqueue
+
+
+def _read_submission() -> tuple[dict[str, Any], Any]:
+    content_type = request.mimetype
+    if content_type == "application/json":
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            raise ServiceError(ErrorType.INVALID_REQUEST, "request body must be a JSON object")
+        args = SubmitBatchSchema().load(body)
+        if "input_file_url" not in args:
+            raise ServiceError(
+                ErrorType.VALIDATION,
+                "input_file_url is required (or upload the file as multipart/form-data)",
+                {"fields": {"input_file_url": ["Missing data for required field."]}},
+            )
+        return args, None
+    if content_type == "multipart/form-data":
+        args = SubmitBatchFormSchema().load(request.form.to_dict())
+        upload = request.files.get("file")
+        if upload is None:
+            raise ServiceError(
+                ErrorType.VALIDATION,
+                "multipart submissions need the JSONL in a 'file' part",
+                {"fields": {"file": ["Missing data for required field."]}},
+            )
+        if "input_file_url" in args:
+            raise ServiceError(
+                ErrorType.VALIDATION,
+                "give either a file or input_file_url, not both",
+                {"fields": {"input_file_url": ["Not allowed with a file upload."]}},
+            )
+        return args, upload.stream
+    raise ServiceError(
+        ErrorType.UNSUPPORTED_MEDIA_TYPE,
+        "send application/json with input_file_url, or multipart/form-data with a file",
+        {"content_type": content_type or None},
+    )
+
+
+@bp.post("/batch")
+def submit_batch() -> tuple[Response, int]:
+    args, upload = _read_submission()
+    metadata = args.get("metadata") or {}
+    job = submit_job(
+        services(),
+        model=args["model"],
+        input_url=args.get("input_file_url"),
+        upload=upload,
+        webhook_url=args.get("webhook_url"),
+        metadata=metadata,
+        enqueue=_enqueue_prepare(metadata.get("priority", 5)),
+    )
+    body = {
+        "job_id": job.id,
+        "status": job.status.value,
+        "created_at": iso(job.created_at),
+        "estimated_completion": iso(job.estimated_completion),
+    }
+    return jsonify(body), 202
+
+
+def job_view(svc: Services, job: Job) -> dict[str, Any]:
+    counts = svc.jobs.counts(job.id)
+    now = time.time()
+    active = not job.status.terminal
+    rate = progress.throughput(counts, job.total, job.started_at, job.finished_at or now)
+    estimated = job.estimated_completion
+    if active and job.status is not JobStatus.QUEUED:
+        spec = svc.models.get(job.model)
+        fallback = svc.jobs.model_rate(job.model) or (spec.expected_req_per_sec if spec else 0)
+        estimated = progress.estimate_completion(
+            now=now, total=job.total, counts=counts, started_at=job.started_at, fallback_req_per_sec=fallback
+        )
+    view: dict[str, Any] = {
+        "job_id": job.id,
+        "status": job.status.value,
+        "model": job.model,
+        "progress": {
+            "completed": counts.completed,
+            "failed": counts.failed,
+            "total": job.total,
+            "percent": 100.0 if job.status is JobStatus.COMPLETED else progress.percent(counts.done, job.total),
+        },
+        "throughput": {
+            "req_per_sec": rate.req_per_sec,
+            "tokens_per_sec": rate.tokens_per_sec,
+            "estimated_remaining": rate.estimated_remaining if active else 0,
+        },
+        "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
+        "estimated_completion": iso(estimated) if active else None,
+        "metadata": job.metadata,
+    }
+    if job.errors:
+        view["errors"] = job.errors
+        view["error_count"] = job.error_count
+    return view
+
+
+@bp.get("/batch/<job_id>")
+def get_batch(job_id: str) -> Response:
+    svc = services()
+    return jsonify(job_view(svc, svc.jobs.get(job_id)))
+
+
+@bp.get("/batch")
+def list_batches() -> Response:
+    args = ListJobsSchema().load(request.args.to_dict())
+    svc = services()
+    before = None
+    if args["after"]:
+        before = svc.jobs.get(args["after"]).created_at
+    jobs = [svc.jobs.get(job_id) for job_id in svc.jobs.list_ids(limit=args["limit"] + 1, before=before)]
+    page = jobs[: args["limit"]]
+    return jsonify(
+        {
+            "data": [job_view(svc, job) for job in page],
+            "has_more": len(jobs) > len(page),
+            "last_id": page[-1].id if page else None,
+        }
+    )
+
+
+@bp.get("/batch/<job_id>/results")
+def get_results(job_id: str) -> Response:
+    svc = services()
+    job = svc.jobs.get(job_id)
+    if job.status is not JobStatus.COMPLETED or not job.results_key:
+        details: dict[str, Any] = {"job_id": job.id, "status": job.status.value}
+        if job.errors:
+            details["errors"] = job.errors[:10]
+        raise ServiceError(ErrorType.CONFLICT, f"job is {job.status.value}; results exist once it completes", details)
+    ttl = timedelta(seconds=svc.settings.result_link_ttl_s)
+    expires_at = time.time() + ttl.total_seconds()
+    storage = svc.storage
+    return jsonify(
+        {
+            "job_id": job.id,
+            "status": job.status.value,
+            "results_url": storage.presigned_get_url(job.results_key, ttl, download_name=f"{job.id}-results.jsonl"),
+            "errors_url": storage.presigned_get_url(job.errors_key, ttl, download_name=f"{job.id}-errors.jsonl")
+            if job.errors_key
+            else None,
+            "expires_at": iso(expires_at),
+            "stats": job.stats,
+        }
+    )
+
+
+@bp.get("/downloads/<token>")
+def download(token: str) -> Response:
+    """Serves signed links of the local-directory storage backend."""
+    storage = services().storage
+    if not isinstance(storage, LocalStorage):
+        raise ServiceError(ErrorType.NOT_FOUND, "downloads are served by the object store")
+    try:
+        key, name = storage.verify_download_token(token)
+    except InvalidDownloadToken as exc:
+        raise ServiceError(ErrorType.FORBIDDEN, str(exc)) from None
+    try:
+        size = storage.stat(key).size
+    except ObjectNotFound:
+        raise ServiceError(ErrorType.NOT_FOUND, "the object of this link no longer exists") from None
+
+    def chunks():
+        with storage.open(key) as stream:
+            while chunk := stream.read(256 * 1024):
+                yield chunk
+
+    filename = name or key.rsplit("/", 1)[-1]
+    headers = {"Content-Disposition": f'attachment; filename="{filename}"', "Content-Length": str(size)}
+    return Response(chunks(), mimetype="application/jsonl", headers=headers)

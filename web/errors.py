@@ -1,0 +1,57 @@
+"""One JSON error envelope for every error the API can produce, made here only."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, jsonify
+from marshmallow import ValidationError
+from werkzeug.exceptions import HTTPException
+
+from batchsvc.errors import ErrorType, ServiceError
+
+log = logging.getLogger(__name__)
+
+_HTTP_TYPES = {
+    400: ErrorType.INVALID_REQUEST,
+    401: ErrorType.UNAUTHORIZED,
+    403: ErrorType.FORBIDDEN,
+    404: ErrorType.NOT_FOUND,
+    405: ErrorType.METHOD_NOT_ALLOWED,
+    409: ErrorType.CONFLICT,
+    410: ErrorType.GONE,
+    413: ErrorType.PAYLOAD_TOO_LARGE,
+    415: ErrorType.UNSUPPORTED_MEDIA_TYPE,
+    422: ErrorType.VALIDATION,
+    429: ErrorType.RATE_LIMITED,
+}
+
+
+def error_response(error: ServiceError) -> tuple[Response, int]:
+    return jsonify(error.to_dict()), error.type.status
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ServiceError)
+    def _service_error(error: ServiceError):
+        return error_response(error)
+
+    @app.errorhandler(ValidationError)
+    def _validation_error(error: ValidationError):
+        fields = error.messages if isinstance(error.messages, dict) else {"_schema": error.messages}
+        first = next(iter(fields), None)
+        message = f"invalid field {first!r}" if first and first != "_schema" else "invalid request"
+        return error_response(ServiceError(ErrorType.VALIDATION, message, {"fields": fields}))
+
+    @app.errorhandler(HTTPException)
+    def _http_error(error: HTTPException):
+        status = error.code or 500
+        type_ = _HTTP_TYPES.get(status, ErrorType.INTERNAL if status >= 500 else ErrorType.INVALID_REQUEST)
+        response, _ = error_response(ServiceError(type_, error.description or error.name))
+        return response, status
+
+    @app.errorhandler(Exception)
+    def _unexpected(error: Exception):
+        # The traceback goes to the log (and Sentry), never to the client.
+        log.exception("unhandled error")
+        return error_response(ServiceError(ErrorType.INTERNAL, "internal error"))

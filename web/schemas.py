@@ -1,0 +1,57 @@
+"""Request and response schemas of the /v1 API (marshmallow)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, pre_load, validate
+
+_HTTP_URL = validate.URL(schemes={"http", "https"}, require_tld=False)
+
+
+class JobMetadataSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    job_name = fields.String(validate=validate.Length(max=200))
+    # Higher runs sooner, among jobs waiting for the same GPU workers.
+    priority = fields.Integer(validate=validate.Range(min=0, max=9), load_default=5)
+
+
+class SubmitBatchSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    model = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    input_file_url = fields.String(validate=[validate.Length(max=2048), _HTTP_URL])
+    webhook_url = fields.String(validate=[validate.Length(max=2048), _HTTP_URL])
+    metadata = fields.Nested(JobMetadataSchema, load_default=dict)
+
+
+class SubmitBatchFormSchema(SubmitBatchSchema):
+    """The multipart variant: the JSONL comes as the `file` part, and metadata,
+    if any, as a JSON-encoded form field."""
+
+    class Meta:
+        unknown = EXCLUDE  # the form also carries the file part's name
+
+    @pre_load
+    def _decode_metadata(self, data: Any, **_: Any) -> Any:
+        import json
+
+        data = dict(data)
+        raw = data.get("metadata")
+        if isinstance(raw, str):
+            try:
+                data["metadata"] = json.loads(raw) if raw.strip() else {}
+            except ValueError:
+                raise ValidationError({"metadata": ["must be a JSON object"]}) from None
+        return data
+
+
+class ListJobsSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
+    after = fields.String(load_default=None)
