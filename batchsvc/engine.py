@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from batchsvc.models import ModelSpec
-from batchsvc.outputs import CHAT_URL, Choice, RequestFailure
+from batchsvc.outputs import CHAT_URL, Choice, RequestFailure, TokenLogprob
 from batchsvc.sampling import EngineOptions, engine_options
 
 log = logging.getLogger(__name__)
@@ -121,10 +121,11 @@ class VLLMEngine:
             if pending:  # the consumer stopped early (cancel, crash): free the engine for the next shard
                 engine.abort_request(list(pending), internal=True)
 
-    @staticmethod
-    def _result(request: EngineRequest, output: Any, latency: float) -> EngineResult:
+    def _result(self, request: EngineRequest, output: Any, latency: float) -> EngineResult:
+        top_k = int(engine_options(request.body, self.spec).sampling.get("logprobs", 0))
         choices = [
-            Choice(c.index, c.text, c.finish_reason, len(c.token_ids)) for c in sorted(output.outputs, key=_index)
+            Choice(c.index, c.text, c.finish_reason, len(c.token_ids), _token_logprobs(c, top_k))
+            for c in sorted(output.outputs, key=_index)
         ]
         return EngineResult(request.custom_id, choices, len(output.prompt_token_ids or ()), latency)
 
@@ -136,9 +137,29 @@ def _index(completion: Any) -> int:
     return int(completion.index)
 
 
+def _token_logprobs(completion: Any, top_k: int) -> tuple[TokenLogprob, ...] | None:
+    """vLLM gives, per generated token, {token_id: Logprob} holding the k most
+    likely tokens plus the sampled one (whatever its rank); OpenAI wants the
+    sampled token and its k alternatives apart."""
+    if completion.logprobs is None:
+        return None
+    tokens = []
+    for token_id, position in zip(completion.token_ids, completion.logprobs, strict=False):
+        chosen = (position or {}).get(token_id)
+        if chosen is None:
+            continue
+        ranked = sorted((position or {}).values(), key=lambda lp: lp.rank if lp.rank is not None else 1 << 30)
+        top = tuple((lp.decoded_token or "", lp.logprob) for lp in ranked[:top_k])
+        tokens.append(TokenLogprob(chosen.decoded_token or "", chosen.logprob, top))
+    return tuple(tokens)
+
+
 def _failure_from(exc: Exception) -> RequestFailure:
     message = str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
-    code = "context_length_exceeded" if "maximum model length" in message else "invalid_request"
+    # vLLM words this two ways: a cheap character bound before tokenizing, and
+    # the exact token count after.
+    too_long = "maximum context length" in message or "maximum model length" in message
+    code = "context_length_exceeded" if too_long else "invalid_request"
     param = getattr(exc, "parameter", None)
     return RequestFailure(code=code, message=message, status_code=400, param=param)
 

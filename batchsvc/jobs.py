@@ -120,12 +120,18 @@ for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return 1
 """
 
+_MARK_STARTED = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HSETNX', KEYS[1], 'started_at', ARGV[1]) end
+return 0
+"""
+
 
 class JobStore:
     def __init__(self, client: redis.Redis, prefix: str = "batchsvc"):
         self.redis = client
         self.prefix = prefix
         self._transition = client.register_script(_TRANSITION)
+        self._mark_started = client.register_script(_MARK_STARTED)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JobStore:
@@ -185,11 +191,18 @@ class JobStore:
             raise JobNotFound(job_id)
         return bool(result)
 
-    def list_ids(self, *, limit: int = 20, before: float | None = None) -> list[str]:
-        """Job ids, newest first."""
-        hi: float | str = "+inf" if before is None else f"({before}"
-        ids = self.redis.zrevrangebyscore(self._index_key, hi, "-inf", start=0, num=limit)
-        return [i.decode() for i in ids]
+    def list_ids(self, *, limit: int = 20, after: str | None = None) -> list[str]:
+        """Job ids, newest first; `after` is the last id of the previous page.
+
+        The cursor is the job's rank, not its timestamp, so jobs created in the
+        same instant are neither skipped nor repeated."""
+        start = 0
+        if after is not None:
+            rank = self.redis.zrevrank(self._index_key, after)
+            if rank is None:
+                raise JobNotFound(after)
+            start = rank + 1
+        return [i.decode() for i in self.redis.zrevrange(self._index_key, start, start + limit - 1)]
 
     # --- progress ---
     def record_shard_progress(self, job_id: str, shard: int, counts: Counts) -> None:
@@ -206,7 +219,8 @@ class JobStore:
 
     def mark_started(self, job_id: str, when: float) -> None:
         """Record when the first shard began; later shards leave it alone."""
-        self.redis.hsetnx(self._key(job_id), "started_at", orjson.dumps(when))
+        # Only on a job that exists: HSETNX alone would create a hash with no status.
+        self._mark_started(keys=[self._key(job_id)], args=[orjson.dumps(when)])
 
     # --- estimates ---
     def model_rate(self, alias: str) -> float | None:

@@ -16,11 +16,45 @@ COMPLETIONS_URL = "/v1/completions"
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()  # the k most likely tokens at this position
+
+
+@dataclass(frozen=True)
 class Choice:
     index: int
     text: str
     finish_reason: str | None
     completion_tokens: int
+    logprobs: tuple[TokenLogprob, ...] | None = None  # only when the request asked for them
+
+
+def _chat_logprobs(tokens: tuple[TokenLogprob, ...] | None) -> dict[str, Any] | None:
+    if tokens is None:
+        return None
+
+    def entry(token: str, logprob: float) -> dict[str, Any]:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+    content = [{**entry(t.token, t.logprob), "top_logprobs": [entry(tok, lp) for tok, lp in t.top]} for t in tokens]
+    return {"content": content, "refusal": None}
+
+
+def _completion_logprobs(tokens: tuple[TokenLogprob, ...] | None) -> dict[str, Any] | None:
+    if tokens is None:
+        return None
+    offsets, offset = [], 0
+    for t in tokens:
+        offsets.append(offset)
+        offset += len(t.token)
+    return {
+        "tokens": [t.token for t in tokens],
+        "token_logprobs": [t.logprob for t in tokens],
+        "top_logprobs": [dict(t.top) for t in tokens],
+        "text_offset": offsets,
+    }
 
 
 @dataclass(frozen=True)
@@ -72,7 +106,7 @@ def completion_body(
                 {
                     "index": c.index,
                     "message": {"role": "assistant", "content": c.text, "refusal": None},
-                    "logprobs": None,
+                    "logprobs": _chat_logprobs(c.logprobs),
                     "finish_reason": c.finish_reason,
                 }
                 for c in choices
@@ -85,7 +119,13 @@ def completion_body(
         "created": created,
         "model": model,
         "choices": [
-            {"index": c.index, "text": c.text, "logprobs": None, "finish_reason": c.finish_reason} for c in choices
+            {
+                "index": c.index,
+                "text": c.text,
+                "logprobs": _completion_logprobs(c.logprobs),
+                "finish_reason": c.finish_reason,
+            }
+            for c in choices
         ],
         "usage": usage,
     }
@@ -104,7 +144,8 @@ def success_line(job_id: str, custom_id: str, body: dict[str, Any]) -> dict[str,
 def rejected_line(job_id: str, custom_id: str, failure: RequestFailure) -> dict[str, Any]:
     """The engine answered this request with an error (e.g. prompt too long)."""
     line_id, request_id = line_ids(job_id, custom_id)
-    error = {"message": failure.message, "type": "invalid_request_error", "param": failure.param, "code": failure.code}
+    kind = "server_error" if failure.status_code >= 500 else "invalid_request_error"
+    error = {"message": failure.message, "type": kind, "param": failure.param, "code": failure.code}
     return {
         "id": line_id,
         "custom_id": custom_id,

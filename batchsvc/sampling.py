@@ -53,6 +53,13 @@ def engine_options(body: dict[str, Any], spec: ModelSpec) -> EngineOptions:
     for source, target in _PASS_THROUGH.items():
         if body.get(source) is not None:
             sampling[target] = body[source]
+    logprobs = body.get("logprobs")
+    # Chat says `logprobs: true, top_logprobs: k`; legacy completions say `logprobs: k`.
+    # vLLM wants k alternatives per token (0 means the sampled token's own only).
+    if logprobs is True:
+        sampling["logprobs"] = int(body.get("top_logprobs") or 0)
+    elif isinstance(logprobs, int) and not isinstance(logprobs, bool):
+        sampling["logprobs"] = logprobs
     stop = body.get("stop")
     if stop is not None:
         sampling["stop"] = [stop] if isinstance(stop, str) else list(stop)

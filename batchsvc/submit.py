@@ -31,7 +31,11 @@ class _CountingReader:
             raise ServiceError(
                 ErrorType.PAYLOAD_TOO_LARGE,
                 f"input file exceeds max_file_bytes={self.limit}",
-                {"field": "file", "limit": "max_file_bytes", "max": self.limit},
+                {
+                    "fields": {"file": [f"larger than max_file_bytes={self.limit}"]},
+                    "limit": "max_file_bytes",
+                    "max": self.limit,
+                },
             )
         if chunk:
             self.lines += chunk.count(b"\n")
@@ -56,13 +60,20 @@ def submit_job(
     """Store the input (when uploaded), record the job as queued and hand its id
     to `enqueue` (which sends the prepare task). Exactly one of input_url/upload."""
     if (input_url is None) == (upload is None):
-        raise ServiceError(ErrorType.VALIDATION, "give exactly one of input_file_url or file", {"field": "file"})
+        raise ServiceError(
+            ErrorType.VALIDATION,
+            "give exactly one of input_file_url or file",
+            {"fields": {"input_file_url": ["give this or a file, not both"]}},
+        )
     spec = svc.models.get(model)
     if spec is None:
         raise ServiceError(
             ErrorType.VALIDATION,
             f"unknown model {model!r}",
-            {"field": "model", "available": svc.models.aliases()},
+            {
+                "fields": {"model": [f"not one of: {', '.join(svc.models.aliases())}"]},
+                "available": svc.models.aliases(),
+            },
         )
     job = Job(id=new_job_id(), model=model, webhook_url=webhook_url, metadata=metadata or {}, input_url=input_url)
     if upload is not None:

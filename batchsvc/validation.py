@@ -327,6 +327,9 @@ def _cross_field_problems(body: dict[str, Any]) -> Iterator[_Problem]:
     # OpenAI rejects this pair; vLLM would silently return no log-probabilities.
     if _is_int(body.get("top_logprobs")) and body["top_logprobs"] > 0 and body.get("logprobs") is not True:
         yield _Problem("body.top_logprobs", "requires logprobs to be true")
+    # vLLM refuses several greedy samples: they would all be the same answer.
+    if _is_int(body.get("n")) and body["n"] > 1 and body.get("temperature") == 0:
+        yield _Problem("body.n", "n > 1 needs temperature > 0 (greedy samples would all be identical)")
 
 
 class _Endpoint(NamedTuple):

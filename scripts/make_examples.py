@@ -403,7 +403,7 @@ def candidate_profile(rng: random.Random) -> str:
     else:
         education = f"{degree}, {rng.choice(UNIVERSITIES)}"
     certs = rng.sample(CERTIFICATIONS, rng.choice([0, 0, 0, 1, 2]))
-    langs = ["English"] + rng.sample([lang for lang in LANGUAGES if lang != "English"], rng.randint(0, 2))
+    langs = ["English", *rng.sample([lang for lang in LANGUAGES if lang != "English"], rng.randint(0, 2))]
     opener = "Early-career developer eager to grow in" if years <= 3 else rng.choice(SUMMARY_OPENERS)
     summary = f"{opener} {rng.choice(SUMMARY_TOPICS)}."
 

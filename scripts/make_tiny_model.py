@@ -95,9 +95,35 @@ STEER_EOS = 4.0  # head weight of EOS on that component (logit bonus ~10)
 # Training corpus: a few hundred sentences of recruiting vocabulary.
 # --------------------------------------------------------------------------
 
-FIRST_NAMES = ["Amara", "Ben", "Chloe", "Diego", "Elena", "Farah", "Gabriel", "Hana", "Ivan", "Jia", "Kwame", "Laila", "Mateo", "Nadia", "Oliver", "Priya", "Quentin", "Rosa", "Samuel", "Tomoko", "Usman", "Valentina", "Wei", "Ximena", "Yusuf", "Zoe", "Aisha", "Bruno", "Carmen", "Dmitri", "Esther", "Felix", "Grace", "Hiroshi", "Ingrid", "Jonas", "Keiko", "Lucas", "Maya", "Noah"]
-LAST_NAMES = ["Adeyemi", "Becker", "Costa", "Dubois", "Eriksen", "Fernandes", "Garcia", "Haddad", "Ito", "Jensen", "Kowalski", "Lindqvist", "Martins", "Nakamura", "Okafor", "Petrov", "Quinn", "Rossi", "Schmidt", "Tanaka", "Umarov", "Varga", "Walsh", "Xu", "Yilmaz", "Zhang", "Novak", "Silva", "Murphy", "Khan"]
-SKILLS = ["Python", "Java", "Go", "Rust", "TypeScript", "JavaScript", "Kotlin", "Swift", "SQL", "PostgreSQL", "MySQL", "Redis", "Kafka", "RabbitMQ", "Celery", "Django", "Flask", "FastAPI", "React", "Vue", "Angular", "Node.js", "Spring", "Kubernetes", "Docker", "Terraform", "AWS", "GCP", "Azure", "Linux", "Bash", "Spark", "Airflow", "dbt", "Pandas", "NumPy", "PyTorch", "TensorFlow", "scikit-learn", "GraphQL", "gRPC", "REST", "microservices", "CI/CD", "Jenkins", "GitHub", "Git", "observability", "Prometheus", "Grafana", "Elasticsearch", "MongoDB", "Snowflake", "BigQuery", "Tableau", "Excel", "Figma", "testing", "security", "networking", "embedded", "C++", "C#", ".NET", "Scala", "Ruby", "Rails", "PHP"]
+
+def _words(text: str) -> list[str]:
+    return text.split()
+
+
+FIRST_NAMES = _words(
+    """
+Amara Ben Chloe Diego Elena Farah Gabriel Hana Ivan Jia Kwame Laila Mateo Nadia Oliver Priya
+Quentin Rosa Samuel Tomoko Usman Valentina Wei Ximena Yusuf Zoe Aisha Bruno Carmen Dmitri Esther
+Felix Grace Hiroshi Ingrid Jonas Keiko Lucas Maya Noah
+"""
+)
+LAST_NAMES = _words(
+    """
+Adeyemi Becker Costa Dubois Eriksen Fernandes Garcia Haddad Ito Jensen Kowalski Lindqvist
+Martins Nakamura Okafor Petrov Quinn Rossi Schmidt Tanaka Umarov Varga Walsh Xu Yilmaz Zhang
+Novak Silva Murphy Khan
+"""
+)
+SKILLS = _words(
+    """
+Python Java Go Rust TypeScript JavaScript Kotlin Swift SQL PostgreSQL MySQL Redis Kafka RabbitMQ
+Celery Django Flask FastAPI React Vue Angular Node.js Spring Kubernetes Docker Terraform AWS GCP
+Azure Linux Bash Spark Airflow dbt Pandas NumPy PyTorch TensorFlow scikit-learn GraphQL gRPC
+REST microservices CI/CD Jenkins GitHub Git observability Prometheus Grafana Elasticsearch
+MongoDB Snowflake BigQuery Tableau Excel Figma testing security networking embedded C++ C# .NET
+Scala Ruby Rails PHP
+"""
+)
 TITLES = [
     "Software Engineer",
     "Senior Software Engineer",
@@ -123,7 +149,12 @@ TITLES = [
     "Talent Acquisition Partner",
     "Hiring Manager",
 ]
-COMPANIES = ["Acme", "Globex", "Initech", "Umbrella", "Hooli", "Stark", "Wayne", "Tyrell", "Cyberdyne", "Soylent", "Vandelay", "Wonka", "Aperture", "Massive", "Dynamic", "Pied", "Piper", "Gringotts", "Monarch", "Oscorp", "Nakatomi"]
+COMPANIES = _words(
+    """
+Acme Globex Initech Umbrella Hooli Stark Wayne Tyrell Cyberdyne Soylent Vandelay Wonka Aperture
+Massive Dynamic Pied Piper Gringotts Monarch Oscorp Nakatomi
+"""
+)
 DEGREES = [
     "BSc in Computer Science",
     "MSc in Computer Science",
@@ -138,9 +169,25 @@ DEGREES = [
     "BSc in Information Systems",
     "MEng in Electrical Engineering",
 ]
-UNIVERSITIES = ["Toronto", "Lisbon", "Delft", "Nairobi", "Melbourne", "Warsaw", "Seoul", "Edinburgh", "Austin", "Munich", "Bangalore", "Madrid", "Helsinki", "Santiago", "Manila"]
-ADJECTIVES = ["strong", "solid", "excellent", "limited", "relevant", "proven", "hands-on", "extensive", "junior", "senior", "reliable", "curious", "pragmatic", "collaborative", "independent", "detail-oriented", "motivated", "experienced", "promising", "adequate", "weak", "outstanding"]
-VERBS = ["led", "built", "designed", "shipped", "maintained", "migrated", "scaled", "mentored", "automated", "optimized", "refactored", "launched", "owned", "improved", "reduced", "delivered", "introduced", "monitored", "debugged", "documented"]
+UNIVERSITIES = _words(
+    """
+Toronto Lisbon Delft Nairobi Melbourne Warsaw Seoul Edinburgh Austin Munich Bangalore Madrid
+Helsinki Santiago Manila
+"""
+)
+ADJECTIVES = _words(
+    """
+strong solid excellent limited relevant proven hands-on extensive junior senior reliable curious
+pragmatic collaborative independent detail-oriented motivated experienced promising adequate
+weak outstanding
+"""
+)
+VERBS = _words(
+    """
+led built designed shipped maintained migrated scaled mentored automated optimized refactored
+launched owned improved reduced delivered introduced monitored debugged documented
+"""
+)
 OBJECTS = [
     "a payment platform",
     "an internal API",
@@ -157,11 +204,58 @@ OBJECTS = [
     "the onboarding flow",
     "a reporting tool",
 ]
-RECRUIT_WORDS = ["candidate", "candidates", "applicant", "resume", "CV", "interview", "screening", "shortlist", "offer", "salary", "rubric", "score", "scoring", "recommendation", "reasons", "hire", "hiring", "role", "position", "job", "description", "requirements", "qualifications", "experience", "years", "skills", "education", "summary", "leadership", "communication", "teamwork", "ownership", "impact", "seniority", "culture", "fit", "remote", "onsite", "hybrid", "relocation", "visa", "notice", "period", "references", "portfolio", "assessment", "evaluation", "strengths", "weaknesses", "concerns", "gaps", "growth", "potential", "team", "manager"]
+RECRUIT_WORDS = _words(
+    """
+candidate candidates applicant resume CV interview screening shortlist offer salary rubric score
+scoring recommendation reasons hire hiring role position job description requirements
+qualifications experience years skills education summary leadership communication teamwork
+ownership impact seniority culture fit remote onsite hybrid relocation visa notice period
+references portfolio assessment evaluation strengths weaknesses concerns gaps growth potential
+team manager
+"""
+)
 RECOMMENDATIONS = ["strong_yes", "yes", "maybe", "no"]
-INDUSTRIES = ["fintech", "healthcare", "insurance", "logistics", "retail", "ecommerce", "gaming", "telecom", "automotive", "aerospace", "biotech", "pharmaceutical", "education", "government", "nonprofit", "energy", "manufacturing", "hospitality", "media", "advertising", "consulting", "banking", "cybersecurity", "agriculture", "transportation", "construction", "realestate", "marketplace", "travel", "semiconductor", "robotics"]
-CITIES = ["Amsterdam", "Berlin", "Boston", "Chicago", "Dublin", "Lagos", "London", "Lyon", "Manchester", "Montreal", "Mumbai", "Oslo", "Paris", "Porto", "Prague", "Singapore", "Stockholm", "Sydney", "Tallinn", "Tokyo", "Vancouver", "Vienna", "Zurich", "Barcelona", "Copenhagen", "Denver", "Seattle", "Atlanta", "Cairo", "Istanbul", "Jakarta", "Kyiv"]
-BUSINESS_WORDS = ["accomplished", "accountability", "accuracy", "achieved", "acquisition", "adaptable", "administration", "advanced", "agile", "alignment", "ambiguity", "analytical", "analyzed", "architecture", "articulate", "attention", "availability", "background", "backlog", "benchmark", "budget", "business", "capability", "certification", "certified", "challenging", "changes", "clients", "coaching", "codebase", "collaborated", "commercial", "commitment", "compensation", "competencies", "complexity", "compliance", "conflict", "consistent", "contract", "contributed", "contributor", "coordinated", "critical", "cross-functional", "customers", "deadlines", "decisions", "dedicated", "deployment", "depth", "development", "distributed", "diversity", "domain", "effective", "efficiency", "employer", "employment", "engagement", "enterprise", "environment", "equity", "estimation", "excellent", "expertise", "exposure", "facilitated", "feedback", "flexible", "focused", "framework", "freelance", "fundamentals", "governance", "graduated", "guidance", "headcount", "hiring", "improvement", "incident", "individual", "industry", "infrastructure", "initiative", "innovation", "insights", "integration", "internship", "interviewer", "judgement", "knowledge", "latency", "learning", "levels", "licensing", "maintenance", "management", "mentorship", "methodology", "metrics", "milestones", "mindset", "modernization", "negotiation", "objectives", "onboarding", "operations", "organization", "outcomes", "ownership", "participation", "partnership", "performance", "permanent", "persistence", "pipeline", "planning", "practices", "presentation", "prioritization", "problem-solving", "process", "productivity", "professional", "proficiency", "progression", "projects", "promotion", "qualified", "quality", "rationale", "recognition", "recruiting", "reliability", "reporting", "requirements", "resilience", "responsibilities", "responsive", "retention", "revenue", "reviewed", "roadmap", "sabbatical", "scalability", "schedule", "seniority", "sourcing", "specialist", "stakeholders", "standards", "startup", "strategy", "structured", "successful", "supervision", "sustainable", "technical", "tenure", "throughput", "transferable", "transition", "troubleshooting", "understanding", "unstructured", "validation", "versatile", "visibility", "volunteer", "workflow", "workload", "written", "verbal", "bilingual", "fluent", "English", "Spanish", "French", "German", "Portuguese", "Mandarin", "Arabic", "Hindi", "Japanese", "Polish"]
+INDUSTRIES = _words(
+    """
+fintech healthcare insurance logistics retail ecommerce gaming telecom automotive aerospace
+biotech pharmaceutical education government nonprofit energy manufacturing hospitality media
+advertising consulting banking cybersecurity agriculture transportation construction realestate
+marketplace travel semiconductor robotics
+"""
+)
+CITIES = _words(
+    """
+Amsterdam Berlin Boston Chicago Dublin Lagos London Lyon Manchester Montreal Mumbai Oslo Paris
+Porto Prague Singapore Stockholm Sydney Tallinn Tokyo Vancouver Vienna Zurich Barcelona
+Copenhagen Denver Seattle Atlanta Cairo Istanbul Jakarta Kyiv
+"""
+)
+BUSINESS_WORDS = _words(
+    """
+accomplished accountability accuracy achieved acquisition adaptable administration advanced
+agile alignment ambiguity analytical analyzed architecture articulate attention availability
+background backlog benchmark budget business capability certification certified challenging
+changes clients coaching codebase collaborated commercial commitment compensation competencies
+complexity compliance conflict consistent contract contributed contributor coordinated critical
+cross-functional customers deadlines decisions dedicated deployment depth development
+distributed diversity domain effective efficiency employer employment engagement enterprise
+environment equity estimation excellent expertise exposure facilitated feedback flexible focused
+framework freelance fundamentals governance graduated guidance headcount hiring improvement
+incident individual industry infrastructure initiative innovation insights integration
+internship interviewer judgement knowledge latency learning levels licensing maintenance
+management mentorship methodology metrics milestones mindset modernization negotiation
+objectives onboarding operations organization outcomes ownership participation partnership
+performance permanent persistence pipeline planning practices presentation prioritization
+problem-solving process productivity professional proficiency progression projects promotion
+qualified quality rationale recognition recruiting reliability reporting requirements resilience
+responsibilities responsive retention revenue reviewed roadmap sabbatical scalability schedule
+seniority sourcing specialist stakeholders standards startup strategy structured successful
+supervision sustainable technical tenure throughput transferable transition troubleshooting
+understanding unstructured validation versatile visibility volunteer workflow workload written
+verbal bilingual fluent English Spanish French German Portuguese Mandarin Arabic Hindi Japanese
+Polish
+"""
+)
 
 TEMPLATES = [
     "{name} has {years} years of experience as a {title} at {company}.",
@@ -390,8 +484,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dtype",
         choices=["float32", "bfloat16"],
-        default="float32",
-        help="weight dtype (default float32: fastest for this model on vLLM CPU)",
+        default="bfloat16",
+        help="weight dtype (default bfloat16: vLLM on this CPU runs bf16 anyway, downcasting float32 "
+        "with a warning per tensor, and an engine forced to float32 ran ~30%% slower)",
     )
     parser.add_argument("--force", action="store_true", help="regenerate even if complete")
     args = parser.parse_args(argv)

@@ -9,7 +9,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from batchsvc import progress
-from batchsvc.errors import ErrorType, ServiceError
+from batchsvc.errors import ErrorType, JobNotFound, ServiceError
 from batchsvc.jobs import Job, JobStatus
 from batchsvc.services import Services
 from batchsvc.storage import InvalidDownloadToken, LocalStorage, ObjectNotFound
@@ -81,15 +81,19 @@ def _read_submission() -> tuple[dict[str, Any], Any]:
 def submit_batch() -> tuple[Response, int]:
     args, upload = _read_submission()
     metadata = args.get("metadata") or {}
-    job = submit_job(
-        services(),
-        model=args["model"],
-        input_url=args.get("input_file_url"),
-        upload=upload,
-        webhook_url=args.get("webhook_url"),
-        metadata=metadata,
-        enqueue=_enqueue_prepare(metadata.get("priority", 5)),
-    )
+    try:
+        job = submit_job(
+            services(),
+            model=args["model"],
+            input_url=args.get("input_file_url"),
+            upload=upload,
+            webhook_url=args.get("webhook_url"),
+            metadata=metadata,
+            enqueue=_enqueue_prepare(metadata.get("priority", 5)),
+        )
+    finally:
+        if upload is not None:
+            upload.close()  # large uploads spool to a temp file: release it now
     body = {
         "job_id": job.id,
         "status": job.status.value,
@@ -148,10 +152,12 @@ def get_batch(job_id: str) -> Response:
 def list_batches() -> Response:
     args = ListJobsSchema().load(request.args.to_dict())
     svc = services()
-    before = None
-    if args["after"]:
-        before = svc.jobs.get(args["after"]).created_at
-    jobs = [svc.jobs.get(job_id) for job_id in svc.jobs.list_ids(limit=args["limit"] + 1, before=before)]
+    jobs = []
+    for job_id in svc.jobs.list_ids(limit=args["limit"] + 1, after=args["after"]):
+        try:
+            jobs.append(svc.jobs.get(job_id))
+        except JobNotFound:  # its record was removed; the index catches up later
+            continue
     page = jobs[: args["limit"]]
     return jsonify(
         {

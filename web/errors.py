@@ -48,6 +48,10 @@ def register_error_handlers(app: Flask) -> None:
         status = error.code or 500
         type_ = _HTTP_TYPES.get(status, ErrorType.INTERNAL if status >= 500 else ErrorType.INVALID_REQUEST)
         response, _ = error_response(ServiceError(type_, error.description or error.name))
+        # Keep what the error says in headers (Allow on 405, Retry-After on 429).
+        for name, value in error.get_headers():
+            if name.lower() not in ("content-type", "content-length"):
+                response.headers[name] = value
         return response, status
 
     @app.errorhandler(Exception)

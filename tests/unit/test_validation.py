@@ -113,7 +113,7 @@ def test_every_sampling_field_at_a_valid_value_passes() -> None:
         "model": ALIAS,
         "max_tokens": 32768,
         "max_completion_tokens": 1,
-        "temperature": 0,
+        "temperature": 0.5,  # n > 1 needs sampling
         "top_p": 1,
         "seed": -5,
         "stop": ["a", "b", "c", "d"],

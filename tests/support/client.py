@@ -1,0 +1,22 @@
+"""Flask test-client helpers shared by the web and integration tests."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import orjson
+from flask.testing import FlaskClient
+from werkzeug.datastructures import FileStorage
+from werkzeug.test import TestResponse, encode_multipart
+
+
+def upload(client: FlaskClient, data: bytes, model: str, **fields: Any) -> TestResponse:
+    """POST /v1/batch as multipart, the JSONL in the `file` part."""
+    form: dict[str, Any] = {"model": model, **fields}
+    if "metadata" in form and not isinstance(form["metadata"], str):
+        form["metadata"] = orjson.dumps(form["metadata"]).decode()
+    form["file"] = FileStorage(io.BytesIO(data), "input.jsonl", content_type="application/jsonl")
+    # Encoded in memory: the test client's own encoder spills big bodies to a temp file it never closes.
+    boundary, body = encode_multipart(form)
+    return client.post("/v1/batch", data=body, content_type=f"multipart/form-data; boundary={boundary}")

@@ -1,0 +1,159 @@
+"""A real batchsvc stack for integration tests: Celery worker processes on the
+real Redis, the Flask app (in-process test client), storage local or S3 on moto.
+
+Every stack gets its own queue names and Redis key prefix, so stale messages from
+an earlier run, or a developer's `make up` stack, can never reach its workers."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from batchsvc.settings import PROJECT_ROOT, Settings
+from batchsvc.storage import Storage
+from tasks.celery_app import create_celery
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a worker process build exactly these settings."""
+    env = {}
+    for field in dataclasses.fields(settings):
+        value = getattr(settings, field.name)
+        if value is not None:
+            env[f"BATCHSVC_{field.name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    return env
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.2, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Worker:
+    def __init__(self, name: str, queues: list[str], env: dict[str, str], log_dir: Path, extra: list[str]):
+        self.name = name
+        self.queues = queues
+        self.env = env
+        self.log_path = log_dir / f"{name}.log"
+        self.extra = extra
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def nodename(self) -> str:
+        return f"{self.name}@test"
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        command = [
+            sys.executable, "-m", "celery", "-A", "tasks.worker", "worker",
+            "-Q", ",".join(self.queues), "-n", self.nodename, "--pool", "solo",
+            "--prefetch-multiplier", "1", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+            *self.extra,
+        ]  # fmt: skip
+        self.process = subprocess.Popen(
+            command, cwd=PROJECT_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        log.close()
+
+    def ready(self) -> bool:
+        if self.process is None or self.process.poll() is not None:
+            raise RuntimeError(f"worker {self.name} exited; log:\n{self.log_tail()}")
+        return f"{self.nodename} ready." in self.log_path.read_text(errors="replace")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+            self.process.wait(timeout=60)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+
+class Stack:
+    def __init__(self, settings: Settings, log_dir: Path, llm_models: list[str]):
+        self.settings = settings
+        self.log_dir = log_dir
+        env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
+        llm_queues = [f"{settings.llm_queue_prefix}.{m}" for m in llm_models]
+        self.cpu = Worker("cpu", [settings.cpu_queue], env, log_dir, [])
+        self.llm = Worker("llm", llm_queues, {**env, "BATCHSVC_PRELOAD_MODEL": llm_models[0]}, log_dir, [])
+        from web import create_app
+
+        self.app = create_app(settings)
+        self.client = self.app.test_client()
+
+    @property
+    def services(self):
+        return self.app.extensions["batchsvc"]
+
+    @property
+    def storage(self) -> Storage:
+        return self.services.storage
+
+    def start(self, timeout: float = 180) -> Stack:
+        for worker in (self.cpu, self.llm):
+            worker.start()
+        for worker in (self.cpu, self.llm):
+            wait_until(worker.ready, timeout, what=f"worker {worker.name} ready")
+        return self
+
+    def stop(self) -> None:
+        for worker in (self.llm, self.cpu):
+            worker.stop()
+        self.purge()
+
+    def purge(self) -> None:
+        """Drop this stack's queues and keys from the shared Redis databases."""
+        celery = create_celery(self.settings)
+        with celery.connection_for_write() as conn:
+            client = conn.default_channel.client
+            for pattern in (f"{self.settings.cpu_queue}*", f"{self.settings.llm_queue_prefix}.*"):
+                for key in client.scan_iter(pattern):
+                    client.delete(key)
+        jobs = self.services.jobs
+        for key in jobs.redis.scan_iter(f"{jobs.prefix}:*"):
+            jobs.redis.delete(key)
+
+    def wait_for_job(self, job_id: str, timeout: float = 600) -> dict[str, Any]:
+        def finished() -> dict[str, Any] | None:
+            body = self.client.get(f"/v1/batch/{job_id}").get_json()
+            return body if body["status"] in ("completed", "failed", "cancelled", "expired") else None
+
+        try:
+            return wait_until(finished, timeout, interval=0.5, what=f"job {job_id} to finish")
+        except TimeoutError:
+            raise TimeoutError(
+                f"job {job_id} did not finish: {self.client.get(f'/v1/batch/{job_id}').get_json()}\n"
+                f"--- cpu worker ---\n{self.cpu.log_tail()}\n--- llm worker ---\n{self.llm.log_tail()}"
+            ) from None
+
+
+def unique_names() -> dict[str, str]:
+    tag = uuid.uuid4().hex[:8]
+    return {"cpu_queue": f"batch-{tag}", "llm_queue_prefix": f"llm-{tag}", "redis_prefix": f"it-{tag}"}
