@@ -16,7 +16,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -184,7 +184,7 @@ class InstantEngine:
         pass
 
 
-_ENGINE_KINDS = {"vllm": VLLMEngine, "instant": InstantEngine}
+_ENGINE_KINDS: dict[str, Callable[[ModelSpec], Engine]] = {"vllm": VLLMEngine, "instant": InstantEngine}
 _warm: dict[str, Engine] = {}
 
 

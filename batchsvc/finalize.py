@@ -71,12 +71,14 @@ def finalize_job(svc: Services, job_id: str) -> Job:
     job = svc.jobs.get(job_id)
     if job.status.terminal:
         return job
-    svc.jobs.transition(
+    if not svc.jobs.transition(
         job_id,
         JobStatus.FINALIZING,
         expect={JobStatus.IN_PROGRESS, JobStatus.FINALIZING},
         finalizing_at=time.time(),
-    )
+    ):
+        log.warning("job %s is %s; not finalizing it", job_id, svc.jobs.get(job_id).status.value)
+        return svc.jobs.get(job_id)
     manifest = Manifest.load(svc.storage, job_id)
     with tempfile.TemporaryDirectory(prefix="batchsvc-finalize-") as workdir:
         results_path, errors_path = Path(workdir) / "results.jsonl", Path(workdir) / "errors.jsonl"
@@ -87,6 +89,7 @@ def finalize_job(svc: Services, job_id: str) -> Job:
         svc.storage.put_file(layout.errors_key(job_id), errors_path, "application/jsonl")
 
     now = time.time()
+    # Only one of two concurrent finalizers moves the job; both wrote identical objects.
     svc.jobs.transition(
         job_id,
         JobStatus.COMPLETED,

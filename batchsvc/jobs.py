@@ -46,6 +46,11 @@ TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED
 ACTIVE = frozenset(set(JobStatus) - TERMINAL)
 
 
+def job_error(code: str, message: str, param: str | None = None) -> dict[str, Any]:
+    """A job-level error, in the same shape as a line error (line is None)."""
+    return {"line": None, "code": code, "message": message, "param": param}
+
+
 def new_job_id() -> str:
     # 128 random bits: ids are unguessable, and double as OpenAI-style batch ids.
     return "batch_" + secrets.token_hex(16)
@@ -120,18 +125,20 @@ for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return 1
 """
 
-_MARK_STARTED = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HSETNX', KEYS[1], 'started_at', ARGV[1]) end
+# HSETNX, but only on a job that exists: alone it would create a hash with no status.
+_SET_ONCE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) end
 return 0
 """
 
 
 class JobStore:
     def __init__(self, client: redis.Redis, prefix: str = "batchsvc"):
-        self.redis = client
+        # redis-py's stubs type replies as bytes | str | list...; we always use bytes.
+        self.redis: Any = client
         self.prefix = prefix
         self._transition = client.register_script(_TRANSITION)
-        self._mark_started = client.register_script(_MARK_STARTED)
+        self._set_once = client.register_script(_SET_ONCE)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JobStore:
@@ -191,6 +198,20 @@ class JobStore:
             raise JobNotFound(job_id)
         return bool(result)
 
+    def fail(
+        self, job_id: str, errors: list[dict[str, Any]], error_count: int | None = None, *, expect: frozenset = ACTIVE
+    ) -> bool:
+        """End a job as failed with the errors that explain why."""
+        return self.transition(
+            job_id,
+            JobStatus.FAILED,
+            expect=expect,
+            errors=errors,
+            error_count=len(errors) if error_count is None else error_count,
+            finished_at=time.time(),
+            estimated_completion=None,
+        )
+
     def list_ids(self, *, limit: int = 20, after: str | None = None) -> list[str]:
         """Job ids, newest first; `after` is the last id of the previous page.
 
@@ -217,10 +238,13 @@ class JobStore:
                 totals[name] += int(value)
         return Counts(**totals)
 
+    def set_once(self, job_id: str, name: str, value: Any) -> bool:
+        """Set a field that is still unset; True for the one caller that set it."""
+        return bool(self._set_once(keys=[self._key(job_id)], args=[name, orjson.dumps(_plain(value))]))
+
     def mark_started(self, job_id: str, when: float) -> None:
         """Record when the first shard began; later shards leave it alone."""
-        # Only on a job that exists: HSETNX alone would create a hash with no status.
-        self._mark_started(keys=[self._key(job_id)], args=[orjson.dumps(when)])
+        self.set_once(job_id, "started_at", when)
 
     # --- estimates ---
     def model_rate(self, alias: str) -> float | None:

@@ -7,10 +7,11 @@ import logging
 import tempfile
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 from batchsvc import layout
 from batchsvc.fetch import FetchError, fetch_to_storage
-from batchsvc.jobs import JobStatus
+from batchsvc.jobs import JobStatus, job_error
 from batchsvc.manifest import Manifest, ShardInfo
 from batchsvc.services import Services
 from batchsvc.storage import Storage
@@ -29,7 +30,7 @@ class ShardWriter:
         self.shard_size = shard_size
         self.workdir = workdir
         self.shards: list[ShardInfo] = []
-        self._fh = None
+        self._fh: BinaryIO | None = None
         self._count = 0
         self._first_line = 0
 
@@ -69,17 +70,7 @@ class ShardWriter:
 
 
 def fail_job(svc: Services, job_id: str, errors: list[dict], error_count: int) -> None:
-    now = time.time()
-    moved = svc.jobs.transition(
-        job_id,
-        JobStatus.FAILED,
-        expect={JobStatus.QUEUED, JobStatus.VALIDATING},
-        errors=errors,
-        error_count=error_count,
-        finished_at=now,
-        estimated_completion=None,
-    )
-    if moved:
+    if svc.jobs.fail(job_id, errors, error_count, expect=frozenset({JobStatus.QUEUED, JobStatus.VALIDATING})):
         log.info("job %s failed validation with %d error(s)", job_id, error_count)
 
 
@@ -97,7 +88,7 @@ def prepare_job(svc: Services, job_id: str) -> Manifest | None:
 
     spec = svc.models.get(job.model)
     if spec is None:
-        fail_job(svc, job_id, [_job_error("unknown_model", f"model {job.model!r} is not served here", "model")], 1)
+        fail_job(svc, job_id, [job_error("unknown_model", f"model {job.model!r} is not served here", "model")], 1)
         return None
 
     input_key = job.input_key
@@ -112,7 +103,7 @@ def prepare_job(svc: Services, job_id: str) -> Manifest | None:
                 timeout=settings.fetch_timeout_s,
             )
         except FetchError as exc:
-            fail_job(svc, job_id, [_job_error("fetch_failed", str(exc), "input_file_url")], 1)
+            fail_job(svc, job_id, [job_error("fetch_failed", str(exc), "input_file_url")], 1)
             return None
         svc.jobs.update(job_id, input_key=input_key)
 
@@ -144,7 +135,3 @@ def prepare_job(svc: Services, job_id: str) -> Manifest | None:
     svc.jobs.update(job_id, total=manifest.total, shard_count=len(shards))
     log.info("job %s: %d requests in %d shard(s)", job_id, manifest.total, len(shards))
     return manifest
-
-
-def _job_error(code: str, message: str, param: str | None) -> dict:
-    return {"line": None, "code": code, "message": message, "param": param}

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import IO, Any
 
 from batchsvc import layout
 from batchsvc.errors import ErrorType, ServiceError
-from batchsvc.jobs import Counts, Job, JobStatus, new_job_id
+from batchsvc.jobs import Counts, Job, job_error, new_job_id
 from batchsvc.progress import estimate_completion
 from batchsvc.services import Services
 
@@ -90,13 +89,6 @@ def submit_job(
     try:
         enqueue(job.id)
     except Exception as exc:  # the broker is the one thing we cannot do without here
-        svc.jobs.transition(
-            job.id,
-            JobStatus.FAILED,
-            expect={JobStatus.QUEUED},
-            finished_at=time.time(),
-            errors=[{"line": None, "code": "enqueue_failed", "message": "could not queue the job", "param": None}],
-            error_count=1,
-        )
+        svc.jobs.fail(job.id, [job_error("enqueue_failed", "could not queue the job")])
         raise ServiceError(ErrorType.UNAVAILABLE, "the job queue is unavailable; try again later") from exc
     return job

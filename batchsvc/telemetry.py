@@ -7,7 +7,7 @@ from typing import Any
 from batchsvc.settings import Settings
 
 
-def _scrub(event: dict[str, Any], _hint: dict[str, Any]) -> dict[str, Any]:
+def _scrub(event: Any, _hint: dict[str, Any]) -> Any:
     request = event.get("request")
     if isinstance(request, dict):
         request.pop("data", None)

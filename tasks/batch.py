@@ -13,7 +13,7 @@ from celery import Task, chord
 
 from batchsvc import webhooks
 from batchsvc.finalize import finalize_job
-from batchsvc.jobs import JobStatus
+from batchsvc.jobs import JobStatus, job_error
 from batchsvc.prepare import prepare_job
 from batchsvc.services import current_services
 from batchsvc.settings import get_settings
@@ -30,7 +30,18 @@ TRANSIENT = (StorageUnavailable, redis.exceptions.ConnectionError, redis.excepti
 _RETRY = {"autoretry_for": TRANSIENT, "retry_backoff": 2, "retry_backoff_max": 300, "retry_jitter": True}
 
 
-@app.task(name=PREPARE, bind=True, acks_late=True, max_retries=10, **_RETRY)
+class JobTask(Task):
+    """A pipeline step whose final failure (retries spent, or an error nobody
+    retries) ends the job as failed instead of leaving it active forever."""
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:  # type: ignore[no-untyped-def]
+        job_id = kwargs.get("job_id", args[-1] if args else None)
+        if job_id:
+            error = job_error("internal_error", f"{self.name} failed: {type(exc).__name__}")
+            current_services().jobs.fail(job_id, [error])
+
+
+@app.task(name=PREPARE, base=JobTask, bind=True, acks_late=True, max_retries=10, **_RETRY)
 def prepare(self: Task, job_id: str) -> int:
     svc = current_services()
     manifest = prepare_job(svc, job_id)
@@ -79,12 +90,12 @@ def _backoff(attempt: int) -> float:
     return float(min(300, 2**attempt))
 
 
-@app.task(name=FINALIZE, bind=True, acks_late=True, max_retries=10, **_RETRY)
+@app.task(name=FINALIZE, base=JobTask, bind=True, acks_late=True, max_retries=10, **_RETRY)
 def finalize(self: Task, shard_results: list[dict], job_id: str) -> str:
     svc = current_services()
     job = finalize_job(svc, job_id)
-    if job.webhook_url and job.webhook_status is None:
-        svc.jobs.update(job_id, webhook_status="pending")
+    # One webhook per job, even when finalize runs twice.
+    if job.webhook_url and job.status.terminal and svc.jobs.set_once(job_id, "webhook_status", "pending"):
         webhook.apply_async((job_id,), queue=svc.settings.cpu_queue)
     return job.status.value
 

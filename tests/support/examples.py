@@ -19,9 +19,13 @@ def _module() -> ModuleType:
     return module
 
 
+def candidate_requests(count: int, model: str = "tiny-random", seed: int = 7) -> list[dict]:
+    return list(_module().iter_requests(count, model, seed=seed))
+
+
 def write_candidates(path: Path, count: int, model: str = "tiny-random", seed: int = 7) -> list[dict]:
     """Write `count` candidate lines to `path`; returns the requests."""
-    requests = list(_module().iter_requests(count, model, seed=seed))
+    requests = candidate_requests(count, model, seed)
     with path.open("wb") as fh:
         for request in requests:
             fh.write(orjson.dumps(request) + b"\n")

@@ -1,0 +1,39 @@
+# The two commands of the README, and the ones around them.
+#   make demo   set up, start the stack, run the example job, show the results
+#   make test   set up and run the whole suite (what CI runs)
+.PHONY: setup demo test unit integration lint up down status bench clean
+
+PY := .venv/bin/python
+
+setup:
+	@scripts/setup.sh
+
+demo: setup
+	@scripts/demo.sh
+
+test: setup
+	@scripts/test.sh
+
+unit: setup
+	@$(PY) -m pytest tests/unit -q
+
+integration: setup
+	@$(PY) -m pytest tests/integration -q
+
+lint: setup
+	@scripts/lint.sh
+
+up: setup
+	@$(PY) scripts/stack.py up
+
+down:
+	@$(PY) scripts/stack.py down
+
+status:
+	@$(PY) scripts/stack.py status
+
+bench: setup
+	@$(PY) scripts/bench_e2e.py
+
+clean: down
+	rm -rf var/log var/run var/storage
