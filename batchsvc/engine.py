@@ -16,7 +16,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -46,7 +46,7 @@ class EngineResult:
 class Engine(Protocol):
     spec: ModelSpec
 
-    def run(self, requests: Iterable[EngineRequest]) -> Iterator[EngineResult]:
+    def run(self, requests: Iterable[EngineRequest]) -> Generator[EngineResult, None, None]:
         """Yield one result per request, in completion order."""
         ...
 
@@ -87,7 +87,7 @@ class VLLMEngine:
             ids = self.llm.enqueue([request.body["prompt"]], [params], use_tqdm=False)
         return ids[0]
 
-    def run(self, requests: Iterable[EngineRequest]) -> Iterator[EngineResult]:
+    def run(self, requests: Iterable[EngineRequest]) -> Generator[EngineResult, None, None]:
         from vllm.exceptions import VLLMClientError
 
         engine = self.llm.llm_engine
@@ -171,7 +171,7 @@ class InstantEngine:
     def __init__(self, spec: ModelSpec):
         self.spec = spec
 
-    def run(self, requests: Iterable[EngineRequest]) -> Iterator[EngineResult]:
+    def run(self, requests: Iterable[EngineRequest]) -> Generator[EngineResult, None, None]:
         for request in requests:
             options = engine_options(request.body, self.spec)
             seed = hashlib.sha256(repr((request.custom_id, request.body)).encode()).hexdigest()

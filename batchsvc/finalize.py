@@ -13,7 +13,9 @@ from typing import Any
 import orjson
 
 from batchsvc import layout, outputs
+from batchsvc.files import FileRecord, derived_file_id
 from batchsvc.jobs import Job, JobStatus
+from batchsvc.lifecycle import EXPIRED_CODE, final_status
 from batchsvc.manifest import Manifest, ShardSummary
 from batchsvc.services import Services
 from batchsvc.shards import iter_lines
@@ -27,6 +29,7 @@ class MergeStats:
     total: int = 0
     successful: int = 0
     failed: int = 0
+    expired: int = 0  # requests that never ran because the completion window ended
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_sum: float = 0.0
@@ -61,17 +64,22 @@ def merge_outputs(storage: Storage, manifest: Manifest, results_path: Path, erro
                     results.write(raw + b"\n")
                 else:
                     stats.failed += 1
+                    if (line.get("error") or {}).get("code") == EXPIRED_CODE:
+                        stats.expired += 1
                     errors.write(raw + b"\n")
     return stats
 
 
 def finalize_job(svc: Services, job_id: str) -> Job:
-    """Merge and publish a job's results. Safe to run again: the keys are fixed
-    and a job already completed is returned as it is."""
+    """Merge and publish a job's results, and end it completed, cancelled or
+    expired. Safe to run again: the keys are fixed, only one run moves the job
+    to its terminal status, and a job already ended is returned as it is."""
     job = svc.jobs.get(job_id)
     if job.status.terminal:
         return job
-    if not svc.jobs.transition(
+    # A cancelling job stays "cancelling" while it merges: the status it ends in
+    # depends on it.
+    if job.status is not JobStatus.CANCELLING and not svc.jobs.transition(
         job_id,
         JobStatus.FINALIZING,
         expect={JobStatus.IN_PROGRESS, JobStatus.FINALIZING},
@@ -79,29 +87,47 @@ def finalize_job(svc: Services, job_id: str) -> Job:
     ):
         log.warning("job %s is %s; not finalizing it", job_id, svc.jobs.get(job_id).status.value)
         return svc.jobs.get(job_id)
+    was = job.status
     manifest = Manifest.load(svc.storage, job_id)
     with tempfile.TemporaryDirectory(prefix="batchsvc-finalize-") as workdir:
         results_path, errors_path = Path(workdir) / "results.jsonl", Path(workdir) / "errors.jsonl"
         stats = merge_outputs(svc.storage, manifest, results_path, errors_path)
         if stats.total != manifest.total:
             raise RuntimeError(f"job {job_id}: merged {stats.total} lines, manifest has {manifest.total}")
-        svc.storage.put_file(layout.results_key(job_id), results_path, "application/jsonl")
-        svc.storage.put_file(layout.errors_key(job_id), errors_path, "application/jsonl")
+        results = svc.storage.put_file(layout.results_key(job_id), results_path, "application/jsonl")
+        errors = svc.storage.put_file(layout.errors_key(job_id), errors_path, "application/jsonl")
 
+    output_file = _register(svc, job_id, "output", layout.results_key(job_id), results.size)
+    error_file = _register(svc, job_id, "error", layout.errors_key(job_id), errors.size)
     now = time.time()
     # Only one of two concurrent finalizers moves the job; both wrote identical objects.
     svc.jobs.transition(
         job_id,
-        JobStatus.COMPLETED,
-        expect={JobStatus.FINALIZING},
+        final_status(was, stats.expired),
+        expect={JobStatus.FINALIZING, JobStatus.CANCELLING},
         finished_at=now,
         stats=stats.to_dict(),
         results_key=layout.results_key(job_id),
         errors_key=layout.errors_key(job_id),
+        output_file_id=output_file.id,
+        error_file_id=error_file.id,
         estimated_completion=None,
     )
     job = svc.jobs.get(job_id)
-    if job.started_at is not None and now > job.started_at and stats.total:
+    if job.status is JobStatus.COMPLETED and job.started_at is not None and now > job.started_at and stats.total:
         svc.jobs.record_model_rate(job.model, stats.total / (now - job.started_at))
     log.info("job %s %s: %s", job_id, job.status.value, stats.to_dict())
     return job
+
+
+def _register(svc: Services, job_id: str, kind: str, key: str, size: int) -> FileRecord:
+    """The output and error files are file objects too (OpenAI Files API)."""
+    record = FileRecord(
+        id=derived_file_id(job_id, kind),
+        filename=f"{job_id}_{kind}.jsonl",
+        purpose="batch_output",
+        size=size,
+        key=key,
+        job_id=job_id,
+    )
+    return svc.files.save(record)

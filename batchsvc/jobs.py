@@ -62,8 +62,10 @@ class Job:
     model: str
     status: JobStatus = JobStatus.QUEUED
     created_at: float = field(default_factory=time.time)
-    endpoint: str = "/v1/chat/completions"
+    # The one url every line must use (OpenAI /v1/batches); None admits any supported url.
+    endpoint: str | None = None
     input_key: str | None = None  # object key of the stored input file
+    input_file_id: str | None = None  # when submitted through /v1/batches
     input_url: str | None = None  # set while the input still has to be fetched
     webhook_url: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -71,7 +73,10 @@ class Job:
     started_at: float | None = None  # the first shard began running
     in_progress_at: float | None = None
     finalizing_at: float | None = None
-    finished_at: float | None = None
+    cancelling_at: float | None = None
+    finished_at: float | None = None  # when it reached its terminal status
+    completion_window: str | None = None  # e.g. "24h"
+    expires_at: float | None = None  # unanswered requests expire then; finished ones are kept
     total: int | None = None  # request lines, known after validation (or at upload)
     shard_count: int | None = None
     errors: list[dict[str, Any]] = field(default_factory=list)  # first N validation/job errors
@@ -79,6 +84,8 @@ class Job:
     stats: dict[str, Any] | None = None
     results_key: str | None = None
     errors_key: str | None = None
+    output_file_id: str | None = None
+    error_file_id: str | None = None
     estimated_completion: float | None = None
     webhook_status: str | None = None  # pending, delivered, failed
 

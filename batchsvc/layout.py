@@ -46,3 +46,7 @@ def results_key(job_id: str) -> str:
 
 def errors_key(job_id: str) -> str:
     return f"jobs/{job_id}/errors.jsonl"
+
+
+def file_key(file_id: str) -> str:
+    return f"files/{file_id}"

@@ -15,7 +15,7 @@ from batchsvc.jobs import JobStatus, job_error
 from batchsvc.manifest import Manifest, ShardInfo
 from batchsvc.services import Services
 from batchsvc.storage import Storage
-from batchsvc.validation import BatchRequest, BatchValidator
+from batchsvc.validation import DEFAULT_SUPPORTED_URLS, BatchRequest, BatchValidator
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,7 @@ def prepare_job(svc: Services, job_id: str) -> Manifest | None:
 
     validator = BatchValidator(
         model_names=spec.names,
+        supported_urls={job.endpoint} if job.endpoint else DEFAULT_SUPPORTED_URLS,
         max_file_bytes=settings.max_file_bytes,
         max_lines=settings.max_lines,
         max_line_bytes=settings.max_line_bytes,

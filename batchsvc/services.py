@@ -8,6 +8,7 @@ import os
 import secrets
 from functools import cached_property
 
+from batchsvc.files import FileStore
 from batchsvc.jobs import JobStore
 from batchsvc.models import ModelCatalog
 from batchsvc.settings import Settings, get_settings
@@ -57,6 +58,10 @@ class Services:
     @cached_property
     def jobs(self) -> JobStore:
         return JobStore.from_settings(self.settings)
+
+    @cached_property
+    def files(self) -> FileStore:
+        return FileStore.from_settings(self.settings)
 
     @cached_property
     def storage(self) -> Storage:

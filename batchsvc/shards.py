@@ -23,6 +23,7 @@ import orjson
 from batchsvc import layout, outputs
 from batchsvc.engine import Engine, EngineRequest, EngineResult, get_engine
 from batchsvc.jobs import Counts
+from batchsvc.lifecycle import StopReason, stop_reason
 from batchsvc.manifest import ShardSummary
 from batchsvc.models import ModelSpec
 from batchsvc.services import Services
@@ -105,6 +106,7 @@ class ShardRun:
         self._buffer: list[bytes] = []
         self._next_part = 0
         self._last_flush = time.monotonic()
+        self._stop: StopReason | None = None
 
     def _flush(self) -> None:
         if self._buffer:
@@ -116,6 +118,8 @@ class ShardRun:
             self._buffer = []
         self.svc.jobs.record_shard_progress(self.job_id, self.index, self.tally.counts())
         self._last_flush = time.monotonic()
+        # A checkpoint is also where a running shard notices a cancel or an expiry.
+        self._stop = stop_reason(self.svc.jobs.get(self.job_id))
 
     def _accept_line(self, custom_id: str, line: dict, latency: float = 0.0) -> None:
         raw = orjson.dumps(line)
@@ -131,7 +135,8 @@ class ShardRun:
 
     def execute(self, engine: Engine | None, give_up: str | None = None) -> ShardSummary:
         """Answer the requests the checkpoints do not hold yet: with `engine`, or,
-        when `give_up` says why, as error lines, so the job can still finish."""
+        when `give_up` says why, as error lines, so the job can still finish.
+        A cancel or an expiry seen at a checkpoint stops the engine the same way."""
         requests = read_shard_requests(self.storage, self.job_id, self.index)
         self.done, self._next_part = read_checkpoint(self.storage, self.job_id, self.index)
         for raw in self.done.values():
@@ -141,16 +146,25 @@ class ShardRun:
         if self.done:
             log.info("shard %s/%d resumes: %d done, %d to run", self.job_id, self.index, len(self.done), len(todo))
         self.svc.jobs.mark_started(self.job_id, time.time())
-        if give_up is not None:
-            for request in todo:
-                line = outputs.not_run_line(self.job_id, request.custom_id, "shard_failed", give_up)
-                self._accept_line(request.custom_id, line)
-        elif engine is not None and todo:
-            for result in engine.run(iter(todo)):
-                request = by_id[result.custom_id]
-                self._accept_line(
-                    request.custom_id, result_line(self.job_id, self.model_name, request, result), result.latency_s
-                )
+
+        reason = StopReason("shard_failed", give_up) if give_up else stop_reason(self.svc.jobs.get(self.job_id))
+        if reason is None and engine is not None and todo:
+            results = engine.run(iter(todo))
+            try:
+                for result in results:
+                    request = by_id[result.custom_id]
+                    line = result_line(self.job_id, self.model_name, request, result)
+                    self._accept_line(request.custom_id, line, result.latency_s)
+                    if self._stop is not None:
+                        reason = self._stop
+                        break
+            finally:
+                results.close()  # aborts what the engine still holds of this shard
+        if reason is not None:
+            for request in requests:
+                if request.custom_id not in self.done:
+                    line = outputs.not_run_line(self.job_id, request.custom_id, reason.code, reason.message)
+                    self._accept_line(request.custom_id, line)
         self._flush()
         return self._assemble(requests)
 

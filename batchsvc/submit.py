@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import IO, Any
 
 from batchsvc import layout
 from batchsvc.errors import ErrorType, ServiceError
+from batchsvc.files import FileRecord
 from batchsvc.jobs import Counts, Job, job_error, new_job_id
 from batchsvc.progress import estimate_completion
 from batchsvc.services import Services
@@ -46,6 +48,23 @@ class _CountingReader:
         return self.lines + (0 if self._last == b"\n" else 1)
 
 
+_WINDOW = re.compile(r"^([1-9][0-9]*)([smhd])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def window_seconds(window: str) -> int:
+    """'24h' -> 86400. OpenAI only offers 24h; shorter windows serve tests and
+    urgent jobs, longer ones very large files."""
+    match = _WINDOW.match(window)
+    if not match:
+        raise ServiceError(
+            ErrorType.VALIDATION,
+            f"completion_window {window!r} is not a duration like '24h'",
+            {"fields": {"completion_window": ["use a number and a unit: s, m, h or d (e.g. '24h')"]}},
+        )
+    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
 def submit_job(
     svc: Services,
     *,
@@ -53,12 +72,16 @@ def submit_job(
     enqueue: Callable[[str], None],
     input_url: str | None = None,
     upload: IO[bytes] | None = None,
+    input_file: FileRecord | None = None,
     webhook_url: str | None = None,
     metadata: dict[str, Any] | None = None,
+    endpoint: str | None = None,
+    completion_window: str | None = None,
 ) -> Job:
-    """Store the input (when uploaded), record the job as queued and hand its id
-    to `enqueue` (which sends the prepare task). Exactly one of input_url/upload."""
-    if (input_url is None) == (upload is None):
+    """Record a job as queued and hand its id to `enqueue` (which sends the
+    prepare task). The input is exactly one of: a URL to fetch, an upload to
+    store now, or a file already uploaded through the Files API."""
+    if sum(x is not None for x in (input_url, upload, input_file)) != 1:
         raise ServiceError(
             ErrorType.VALIDATION,
             "give exactly one of input_file_url or file",
@@ -74,7 +97,20 @@ def submit_job(
                 "available": svc.models.aliases(),
             },
         )
-    job = Job(id=new_job_id(), model=model, webhook_url=webhook_url, metadata=metadata or {}, input_url=input_url)
+    job = Job(
+        id=new_job_id(),
+        model=model,
+        webhook_url=webhook_url,
+        metadata=metadata or {},
+        input_url=input_url,
+        endpoint=endpoint,
+        completion_window=completion_window,
+    )
+    if completion_window is not None:
+        job.expires_at = job.created_at + window_seconds(completion_window)
+    if input_file is not None:
+        job.input_key = input_file.key
+        job.input_file_id = input_file.id
     if upload is not None:
         reader = _CountingReader(upload, svc.settings.max_file_bytes)
         key = layout.input_key(job.id)

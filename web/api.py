@@ -11,6 +11,8 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from batchsvc import progress
 from batchsvc.errors import ErrorType, JobNotFound, ServiceError
 from batchsvc.jobs import Job, JobStatus
+from batchsvc.lifecycle import cancel_job
+from batchsvc.partial import finished_lines
 from batchsvc.services import Services
 from batchsvc.storage import InvalidDownloadToken, LocalStorage, ObjectNotFound
 from batchsvc.submit import submit_job
@@ -168,30 +170,68 @@ def list_batches() -> Response:
     )
 
 
+FINISHED = frozenset({JobStatus.COMPLETED, JobStatus.CANCELLED, JobStatus.EXPIRED})
+
+
 @bp.get("/batch/<job_id>/results")
 def get_results(job_id: str) -> Response:
+    """Links to the results. `?partial=true` also answers while the job runs,
+    with links to what has finished so far."""
     svc = services()
     job = svc.jobs.get(job_id)
-    if job.status is not JobStatus.COMPLETED or not job.results_key:
-        details: dict[str, Any] = {"job_id": job.id, "status": job.status.value}
-        if job.errors:
-            details["errors"] = job.errors[:10]
-        raise ServiceError(ErrorType.CONFLICT, f"job is {job.status.value}; results exist once it completes", details)
-    ttl = timedelta(seconds=svc.settings.result_link_ttl_s)
-    expires_at = time.time() + ttl.total_seconds()
-    storage = svc.storage
-    return jsonify(
-        {
-            "job_id": job.id,
-            "status": job.status.value,
-            "results_url": storage.presigned_get_url(job.results_key, ttl, download_name=f"{job.id}-results.jsonl"),
-            "errors_url": storage.presigned_get_url(job.errors_key, ttl, download_name=f"{job.id}-errors.jsonl")
-            if job.errors_key
-            else None,
-            "expires_at": iso(expires_at),
-            "stats": job.stats,
-        }
-    )
+    partial = request.args.get("partial", "false").lower() in ("1", "true", "yes")
+    if job.status in FINISHED and job.results_key:
+        ttl = timedelta(seconds=svc.settings.result_link_ttl_s)
+        storage = svc.storage
+        return jsonify(
+            {
+                "job_id": job.id,
+                "status": job.status.value,
+                "partial": False,
+                "results_url": storage.presigned_get_url(job.results_key, ttl, download_name=f"{job.id}-results.jsonl"),
+                "errors_url": storage.presigned_get_url(job.errors_key, ttl, download_name=f"{job.id}-errors.jsonl")
+                if job.errors_key
+                else None,
+                "expires_at": iso(time.time() + ttl.total_seconds()),
+                "stats": job.stats,
+            }
+        )
+    if partial and job.status in (JobStatus.IN_PROGRESS, JobStatus.FINALIZING, JobStatus.CANCELLING):
+        base = f"{svc.settings.public_base_url}/v1/batch/{job.id}/partial"
+        counts = svc.jobs.counts(job.id)
+        return jsonify(
+            {
+                "job_id": job.id,
+                "status": job.status.value,
+                "partial": True,
+                "results_url": f"{base}?kind=results",
+                "errors_url": f"{base}?kind=errors",
+                "expires_at": None,
+                "stats": {"total": job.total, "successful": counts.completed, "failed": counts.failed},
+            }
+        )
+    details: dict[str, Any] = {"job_id": job.id, "status": job.status.value}
+    if job.errors:
+        details["errors"] = job.errors[:10]
+    raise ServiceError(ErrorType.CONFLICT, f"job is {job.status.value}; it has no results yet", details)
+
+
+@bp.get("/batch/<job_id>/partial")
+def get_partial(job_id: str) -> Response:
+    """Stream the lines finished so far: complete JSON lines, never a torn one."""
+    svc = services()
+    svc.jobs.get(job_id)  # 404 for an unknown job
+    kind = request.args.get("kind", "results")
+    if kind not in ("results", "errors"):
+        raise ServiceError(ErrorType.VALIDATION, "kind must be results or errors", {"fields": {"kind": [kind]}})
+    lines = finished_lines(svc.storage, job_id, successes=kind == "results")
+    return Response(lines, mimetype="application/jsonl")
+
+
+@bp.post("/batch/<job_id>/cancel")
+def cancel_batch(job_id: str) -> Response:
+    svc = services()
+    return jsonify(job_view(svc, cancel_job(svc, job_id)))
 
 
 @bp.get("/downloads/<token>")

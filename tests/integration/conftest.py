@@ -38,9 +38,9 @@ def http_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoopbackHT
 
 def _stack(tmp: Path, **overrides: object) -> Iterator[Stack]:
     settings = make_settings(tmp, shard_size=256, webhook_backoff_s=0.5, **unique_names(), **overrides)
-    stack = Stack(settings, tmp, llm_models=["tiny-random", "instant-test"]).start()
+    stack = Stack(settings, tmp, llm_models=["tiny-random", "instant-test"])
     try:
-        yield stack
+        yield stack.start()
     finally:
         stack.stop()
 

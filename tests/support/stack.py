@@ -6,10 +6,12 @@ an earlier run, or a developer's `make up` stack, can never reach its workers.""
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import os
 import signal
 import subprocess
+import threading
 import sys
 import time
 import uuid
@@ -43,6 +45,12 @@ def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0
         time.sleep(interval)
 
 
+def _die_with_parent() -> None:
+    """A worker whose test process died (killed, timed out) must not live on and
+    compete for the CPU with the next run: Linux sends it SIGTERM then."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class Worker:
     def __init__(self, name: str, queues: list[str], env: dict[str, str], log_dir: Path, extra: list[str]):
         self.name = name
@@ -65,7 +73,13 @@ class Worker:
             *self.extra,
         ]  # fmt: skip
         self.process = subprocess.Popen(
-            command, cwd=PROJECT_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            cwd=PROJECT_ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         log.close()
 
@@ -107,6 +121,7 @@ class Stack:
 
         self.app = create_app(settings)
         self.client = self.app.test_client()
+        self._http: Any = None
 
     @property
     def services(self):
@@ -123,7 +138,20 @@ class Stack:
             wait_until(worker.ready, timeout, what=f"worker {worker.name} ready")
         return self
 
+    def serve_http(self) -> str:
+        """Serve the API over real HTTP on loopback (for the openai client and the
+        CLI); returns its base URL. Stopped by stop()."""
+        if self._http is None:
+            from werkzeug.serving import make_server
+
+            self._http = make_server("127.0.0.1", 0, self.app, threaded=True)
+            threading.Thread(target=self._http.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self._http.server_port}"
+
     def stop(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
         for worker in (self.llm, self.cpu):
             worker.stop()
         self.purge()

@@ -1,0 +1,100 @@
+"""Files, as the OpenAI Files API sees them: an id, a name, a purpose, a size,
+and the storage key of the bytes. Input files are uploaded; a batch's output and
+error files are registered by finalize and point at the job's result objects."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import redis
+
+from batchsvc.errors import ErrorType, ServiceError
+from batchsvc.settings import Settings
+
+
+class FileNotFound(ServiceError):
+    def __init__(self, file_id: str):
+        super().__init__(ErrorType.NOT_FOUND, f"no file with id {file_id!r}", {"file_id": file_id})
+
+
+def new_file_id() -> str:
+    return "file-" + secrets.token_hex(12)
+
+
+def derived_file_id(job_id: str, kind: str) -> str:
+    """The id of a job's output or error file: the same on every finalize run."""
+    return "file-" + hashlib.blake2b(f"{job_id}:{kind}".encode(), digest_size=12).hexdigest()
+
+
+@dataclass
+class FileRecord:
+    id: str
+    filename: str
+    purpose: str  # "batch" (input), "batch_output"
+    size: int  # bytes
+    key: str  # storage key of the content
+    created_at: float = field(default_factory=time.time)
+    job_id: str | None = None  # the batch an output file belongs to
+
+    def to_fields(self) -> dict[str, bytes]:
+        return {f.name: orjson.dumps(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_fields(cls, raw: dict[bytes, bytes]) -> FileRecord:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k.decode(): orjson.loads(v) for k, v in raw.items() if k.decode() in names})
+
+
+class FileStore:
+    """File records in Redis: `{p}:file:{id}` hashes and a `{p}:files` index."""
+
+    def __init__(self, client: redis.Redis, prefix: str = "batchsvc"):
+        self.redis: Any = client
+        self.prefix = prefix
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FileStore:
+        client = redis.Redis.from_url(settings.state_redis_url, socket_timeout=10, socket_connect_timeout=5)
+        return cls(client, settings.redis_prefix)
+
+    def _key(self, file_id: str) -> str:
+        return f"{self.prefix}:file:{file_id}"
+
+    @property
+    def _index(self) -> str:
+        return f"{self.prefix}:files"
+
+    def save(self, record: FileRecord) -> FileRecord:
+        pipe = self.redis.pipeline()
+        pipe.hset(self._key(record.id), mapping=record.to_fields())
+        pipe.zadd(self._index, {record.id: record.created_at})
+        pipe.execute()
+        return record
+
+    def get(self, file_id: str) -> FileRecord:
+        raw = self.redis.hgetall(self._key(file_id))
+        if not raw:
+            raise FileNotFound(file_id)
+        return FileRecord.from_fields(raw)
+
+    def delete(self, file_id: str) -> None:
+        pipe = self.redis.pipeline()
+        pipe.delete(self._key(file_id))
+        pipe.zrem(self._index, file_id)
+        pipe.execute()
+
+    def list_ids(self, *, limit: int = 20, after: str | None = None) -> list[str]:
+        """File ids, newest first; `after` is the last id of the previous page."""
+        start = 0
+        if after is not None:
+            rank = self.redis.zrevrank(self._index, after)
+            if rank is None:
+                raise FileNotFound(after)
+            start = rank + 1
+        return [i.decode() for i in self.redis.zrevrange(self._index, start, start + limit - 1)]

@@ -1,0 +1,44 @@
+"""The results finished so far of a running job.
+
+Each shard's finished lines are in storage: in its output object once the shard
+is done, in checkpoint parts before that. Both are written whole (atomic puts),
+so a reader sees complete JSON lines only, never a torn one. It is a snapshot: a
+shard that finishes while it is read may be missing, never doubled."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import orjson
+
+from batchsvc import layout, outputs
+from batchsvc.manifest import Manifest, ShardSummary
+from batchsvc.shards import iter_lines
+from batchsvc.storage import ObjectNotFound, Storage
+
+
+def _shard_lines(storage: Storage, job_id: str, index: int) -> Iterator[bytes]:
+    try:
+        summary = ShardSummary.load(storage, job_id, index)
+    except ObjectNotFound:
+        summary = None
+    if summary is not None:
+        yield from iter_lines(storage, summary.output_key)
+        return
+    for part in storage.list(layout.shard_parts_prefix(job_id, index)):
+        try:
+            yield from iter_lines(storage, part.key)
+        except ObjectNotFound:  # the shard finished and removed its parts meanwhile
+            return
+
+
+def finished_lines(storage: Storage, job_id: str, *, successes: bool) -> Iterator[bytes]:
+    """Finished output lines (successes, or else errors), each ending in a newline."""
+    try:
+        manifest = Manifest.load(storage, job_id)
+    except ObjectNotFound:  # not yet sharded: nothing has run
+        return
+    for shard in manifest.shards:
+        for raw in _shard_lines(storage, job_id, shard.index):
+            if outputs.is_success(orjson.loads(raw)) == successes:
+                yield raw + b"\n"
