@@ -11,8 +11,8 @@ import dataclasses
 import os
 import signal
 import subprocess
-import threading
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
