@@ -1,8 +1,22 @@
-"""`batchsvc`: the command-line client of the batchsvc HTTP API.
+"""`batchsvc`: the command-line client of the batchsvc HTTP API (/v1/batch).
 
-Reads the server from --url or BATCHSVC_URL (default http://127.0.0.1:8000) and
-the key from --api-key or BATCHSVC_API_KEY. Exit codes: 0 completed; 1 failed;
-2 usage or API error; 3 cancelled or expired.
+    batchsvc submit FILE --model M [--wait]    prints the job id; --wait follows the job
+    batchsvc status ID [--wait]                prints the job as JSON; --wait follows it first
+    batchsvc results ID -o FILE [--errors FILE] [--partial]
+    batchsvc cancel ID                         prints the job's new status
+    batchsvc list [--limit N] [--after ID]     a table of jobs, newest first
+
+The server comes from --url or BATCHSVC_URL (default http://127.0.0.1:8000), the
+API key from --api-key or BATCHSVC_API_KEY (sent as `Authorization: Bearer`).
+Machine-readable output goes to stdout; the progress bar and messages to stderr.
+
+Exit codes:
+    0  completed, or the command did what it was asked
+    1  failed
+    2  usage, API or connection error (the API's error type and message on stderr)
+    3  cancelled or expired
+`submit --wait` and `status` exit with the code of the job's status once the job
+has ended. Ctrl-C while following a job exits 130 and leaves the job running.
 """
 
 from __future__ import annotations
@@ -11,13 +25,20 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 import orjson
 import requests
 
-EXIT_OK, EXIT_FAILED, EXIT_ERROR, EXIT_STOPPED = 0, 1, 2, 3
-_TERMINAL = {"completed": EXIT_OK, "failed": EXIT_FAILED, "cancelled": EXIT_STOPPED, "expired": EXIT_STOPPED}
+EXIT_OK, EXIT_FAILED, EXIT_ERROR, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+ENDED = {"completed": EXIT_OK, "failed": EXIT_FAILED, "cancelled": EXIT_STOPPED, "expired": EXIT_STOPPED}
+
+
+class ApiError(click.ClickException):
+    """An answer of the server that is not a success, or no answer at all."""
+
+    exit_code = EXIT_ERROR
 
 
 class Client:
@@ -28,75 +49,109 @@ class Client:
             self.session.headers["Authorization"] = f"Bearer {api_key}"
         self.timeout = timeout
 
-    def call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+    def _send(self, method: str, url: str, **kwargs: Any) -> requests.Response:
         try:
-            response = self.session.request(method, self.url + path, timeout=self.timeout, **kwargs)
+            response = self.session.request(method, url, timeout=self.timeout, **kwargs)
         except requests.RequestException as exc:
-            raise click.ClickException(f"cannot reach {self.url}: {type(exc).__name__}") from None
-        try:
-            body = response.json()
-        except ValueError:
-            raise click.ClickException(f"{method} {path}: HTTP {response.status_code}, not JSON") from None
+            raise ApiError(f"cannot reach {urlsplit(url).netloc}: {type(exc).__name__}") from None
         if response.status_code >= 400:
-            error = body.get("error", {})
-            raise click.ClickException(f"{error.get('type', response.status_code)}: {error.get('message', body)}")
-        return body
+            try:
+                error = response.json()["error"]
+                message = f"{error['type']}: {error['message']}"
+            except (ValueError, KeyError, TypeError):  # not our envelope: a proxy or the object store
+                message = f"HTTP {response.status_code} from {method} {urlsplit(url).path}"
+            response.close()
+            raise ApiError(message)
+        return response
+
+    def call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        response = self._send(method, self.url + path, **kwargs)
+        try:
+            return response.json()
+        except ValueError:
+            raise ApiError(f"{method} {path}: HTTP {response.status_code}, not JSON") from None
 
     def download(self, url: str, path: Path) -> int:
-        size = 0
-        with self.session.get(url, stream=True, timeout=self.timeout) as response:
-            response.raise_for_status()
-            with path.open("wb") as out:
+        """Save a results link to `path`; returns its number of lines."""
+        # The key is for our server only: a presigned object-store link carries its own signature.
+        ours = urlsplit(url)[:2] == urlsplit(self.url)[:2]
+        headers = None if ours else {"Authorization": None}
+        part = path.with_name(path.name + ".part")  # so a broken download never looks like a whole file
+        lines = 0
+        try:
+            with self._send("GET", url, stream=True, headers=headers) as response, part.open("wb") as out:
                 for chunk in response.iter_content(1024 * 1024):
                     out.write(chunk)
-                    size += len(chunk)
-        return size
+                    lines += chunk.count(b"\n")
+        except requests.RequestException as exc:
+            part.unlink(missing_ok=True)
+            raise ApiError(f"download of {path.name} broke off: {type(exc).__name__}") from None
+        part.replace(path)
+        return lines
 
 
-def _eta(seconds: float | None) -> str:
+def _clock(seconds: float | None) -> str:
     if seconds is None:
         return "--:--"
-    seconds = int(seconds)
-    return (
-        f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-        if seconds >= 3600
-        else (f"{seconds // 60:02d}:{seconds % 60:02d}")
-    )
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
+def _done(job: dict[str, Any]) -> int:
+    return job["progress"]["completed"] + job["progress"]["failed"]
 
 
 def progress_line(job: dict[str, Any], width: int = 30) -> str:
-    p, t = job["progress"], job["throughput"]
-    done = p["completed"] + p["failed"]
-    total = p["total"] or 0
-    filled = int(width * min(1.0, done / total)) if total else 0
-    rate = f"{t['req_per_sec']:.1f} req/s" if t["req_per_sec"] else "-- req/s"
+    """`[#####.....] 40/100 (40%)  12.5 req/s  ETA 00:05  in_progress`"""
+    total, rate = job["progress"]["total"], job["throughput"]
+    done = _done(job)
+    filled = min(width, width * done // total) if total else 0
+    req_per_sec = f"{rate['req_per_sec']:.1f} req/s" if rate["req_per_sec"] else "-- req/s"
     return (
-        f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total or '?'} "
-        f"({p['percent']:.0f}%)  {rate}  ETA {_eta(t['estimated_remaining'])}  {job['status']}"
+        f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total if total is not None else '?'} "
+        f"({job['progress']['percent']:.0f}%)  {req_per_sec}  ETA {_clock(rate['estimated_remaining'])}  "
+        f"{job['status']}"
     )
 
 
-def wait_for(client: Client, job_id: str, interval: float = 1.0) -> dict[str, Any]:
+def follow(client: Client, job_id: str, interval: float = 1.0) -> dict[str, Any]:
+    """Poll a job until it ends, drawing its progress on stderr; returns its last view."""
     tty = sys.stderr.isatty()
-    last = ""
-    while True:
-        job = client.call("GET", f"/v1/batch/{job_id}")
-        line = progress_line(job)
-        if tty:
-            click.echo("\r" + line.ljust(len(last)), nl=False, err=True)
-        elif line != last:
-            click.echo(line, err=True)
-        last = line
-        if job["status"] in _TERMINAL:
-            if tty:
-                click.echo(err=True)
-            return job
-        time.sleep(interval)
+    last_line, last_state = "", None
+    try:
+        while True:
+            job = client.call("GET", f"/v1/batch/{job_id}")
+            line = progress_line(job)
+            if tty:  # redraw in place
+                click.echo("\r" + line.ljust(len(last_line)), nl=False, err=True)
+            elif (job["status"], _done(job)) != last_state:  # a log: one line per change, not per poll
+                click.echo(line, err=True)
+            last_line, last_state = line, (job["status"], _done(job))
+            if job["status"] in ENDED:
+                if tty:
+                    click.echo(err=True)
+                return job
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        click.echo(f"\nstopped following {job_id}; it keeps running (`batchsvc cancel {job_id}` stops it)", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+
+
+def summary(job: dict[str, Any]) -> str:
+    p = job["progress"]
+    text = f"job {job['status']}: {p['completed']} succeeded, {p['failed']} failed of {p['total']}"
+    if job.get("errors"):
+        shown = job["errors"][:10]
+        text += "".join(f"\n  line {e.get('line')}: {e.get('message')}" for e in shown)
+        if job.get("error_count", len(shown)) > len(shown):
+            text += f"\n  ... {job['error_count'] - len(shown)} more"
+    return text
 
 
 @click.group()
 @click.option("--url", envvar="BATCHSVC_URL", default="http://127.0.0.1:8000", show_default=True)
-@click.option("--api-key", envvar="BATCHSVC_API_KEY", default=None)
+@click.option("--api-key", envvar="BATCHSVC_API_KEY", default=None, help="sent as Authorization: Bearer")
 @click.pass_context
 def main(ctx: click.Context, url: str, api_key: str | None) -> None:
     """Submit and follow batch jobs on a batchsvc server."""
@@ -105,11 +160,11 @@ def main(ctx: click.Context, url: str, api_key: str | None) -> None:
 
 @main.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--model", required=True)
+@click.option("--model", required=True, help="a model alias of the server, e.g. qwen3-4b")
 @click.option("--webhook-url", default=None)
 @click.option("--name", "job_name", default=None, help="metadata.job_name")
 @click.option("--priority", type=click.IntRange(0, 9), default=None, help="0-9, higher runs sooner")
-@click.option("--wait/--no-wait", default=False, help="follow the job with a progress bar until it ends")
+@click.option("--wait", is_flag=True, help="follow the job with a progress bar until it ends")
 @click.pass_obj
 def submit(
     client: Client,
@@ -120,7 +175,7 @@ def submit(
     priority: int | None,
     wait: bool,
 ) -> None:
-    """Upload FILE (OpenAI batch JSONL) as a new job."""
+    """Upload FILE (OpenAI batch JSONL) as a new job and print its id."""
     metadata = {k: v for k, v in {"job_name": job_name, "priority": priority}.items() if v is not None}
     form = {"model": model, "metadata": orjson.dumps(metadata).decode()}
     if webhook_url:
@@ -129,45 +184,75 @@ def submit(
         job = client.call("POST", "/v1/batch", data=form, files={"file": (file.name, fh, "application/jsonl")})
     click.echo(job["job_id"])
     if wait:
-        _finish(client, wait_for(client, job["job_id"]))
-
-
-def _finish(client: Client, job: dict[str, Any]) -> None:
-    if job["status"] == "completed":
-        results = client.call("GET", f"/v1/batch/{job['job_id']}/results")
-        stats = results["stats"]
-        click.echo(f"completed: {stats['successful']} succeeded, {stats['failed']} failed", err=True)
-    else:
-        for error in job.get("errors", [])[:10]:
-            click.echo(f"line {error.get('line')}: {error.get('message')}", err=True)
-        click.echo(f"job {job['status']}", err=True)
-    sys.exit(_TERMINAL[job["status"]])
+        job = follow(client, job["job_id"])
+        click.echo(summary(job), err=True)
+        sys.exit(ENDED[job["status"]])
 
 
 @main.command()
 @click.argument("job_id")
-@click.option("--wait/--no-wait", default=False)
+@click.option("--wait", is_flag=True, help="follow the job until it ends, then print it")
 @click.pass_obj
 def status(client: Client, job_id: str, wait: bool) -> None:
-    """Show a job (JSON), or follow it with --wait."""
+    """Print a job as JSON."""
+    job = follow(client, job_id) if wait else client.call("GET", f"/v1/batch/{job_id}")
+    click.echo(orjson.dumps(job, option=orjson.OPT_INDENT_2).decode())
     if wait:
-        _finish(client, wait_for(client, job_id))
-    click.echo(orjson.dumps(client.call("GET", f"/v1/batch/{job_id}"), option=orjson.OPT_INDENT_2).decode())
+        click.echo(summary(job), err=True)
+    if job["status"] in ENDED:
+        sys.exit(ENDED[job["status"]])
 
 
 @main.command()
 @click.argument("job_id")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
-@click.option("--errors", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--errors", type=click.Path(dir_okay=False, path_type=Path), default=None, help="save failed requests")
+@click.option("--partial", is_flag=True, help="while the job runs, download what has finished so far")
 @click.pass_obj
-def results(client: Client, job_id: str, output: Path, errors: Path | None) -> None:
-    """Download a completed job's results (and errors) files."""
-    info = client.call("GET", f"/v1/batch/{job_id}/results")
-    size = client.download(info["results_url"], output)
-    click.echo(f"{output}: {size} bytes", err=True)
-    if errors is not None and info.get("errors_url"):
-        size = client.download(info["errors_url"], errors)
-        click.echo(f"{errors}: {size} bytes", err=True)
+def results(client: Client, job_id: str, output: Path, errors: Path | None, partial: bool) -> None:
+    """Download a job's results (and errors) as JSONL files."""
+    info = client.call("GET", f"/v1/batch/{job_id}/results", params={"partial": "true"} if partial else None)
+    if info.get("partial"):
+        stats = info["stats"]
+        done = stats["successful"] + stats["failed"]
+        click.echo(f"{job_id} is {info['status']}: {done} of {stats['total']} finished so far", err=True)
+    click.echo(f"{output}: {client.download(info['results_url'], output)} lines", err=True)
+    if errors is not None:
+        if info.get("errors_url"):
+            click.echo(f"{errors}: {client.download(info['errors_url'], errors)} lines", err=True)
+        else:  # no errors object: no failed requests
+            errors.write_bytes(b"")
+            click.echo(f"{errors}: 0 lines", err=True)
+
+
+@main.command()
+@click.argument("job_id")
+@click.pass_obj
+def cancel(client: Client, job_id: str) -> None:
+    """Cancel a job and print its new status (cancelling, then cancelled)."""
+    click.echo(client.call("POST", f"/v1/batch/{job_id}/cancel")["status"])
+
+
+@main.command("list")
+@click.option("--limit", type=click.IntRange(1, 100), default=20, show_default=True)
+@click.option("--after", default=None, help="the last job id of the previous page")
+@click.pass_obj
+def list_jobs(client: Client, limit: int, after: str | None) -> None:
+    """List jobs, newest first."""
+    params: dict[str, Any] = {"limit": limit}
+    if after:
+        params["after"] = after
+    page = client.call("GET", "/v1/batch", params=params)
+    rows = [("ID", "STATUS", "MODEL", "DONE/TOTAL", "CREATED")]
+    for job in page["data"]:
+        total = job["progress"]["total"]
+        done = f"{_done(job)}/{total if total is not None else '?'}"
+        rows.append((job["job_id"], job["status"], job["model"], done, (job["created_at"] or "").replace("T", " ")))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    if page["has_more"]:
+        click.echo(f"more: batchsvc list --after {page['last_id']}", err=True)
 
 
 if __name__ == "__main__":

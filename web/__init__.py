@@ -25,8 +25,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     from web.api import bp
     from web.errors import register_error_handlers
     from web.health import health
+    from web.openai_api import bp as openai_bp
 
     app.register_blueprint(bp)
+    app.register_blueprint(openai_bp)
     app.register_blueprint(health)
     register_error_handlers(app)
     return app

@@ -91,6 +91,7 @@ def submit_batch() -> tuple[Response, int]:
             upload=upload,
             webhook_url=args.get("webhook_url"),
             metadata=metadata,
+            completion_window=args.get("completion_window"),
             enqueue=_enqueue_prepare(metadata.get("priority", 5)),
         )
     finally:
@@ -136,6 +137,7 @@ def job_view(svc: Services, job: Job) -> dict[str, Any]:
         "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at),
         "estimated_completion": iso(estimated) if active else None,
+        "expires_at": iso(job.expires_at),
         "metadata": job.metadata,
     }
     if job.errors:

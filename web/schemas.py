@@ -26,6 +26,8 @@ class SubmitBatchSchema(Schema):
     input_file_url = fields.String(validate=[validate.Length(max=2048), _HTTP_URL])
     webhook_url = fields.String(validate=[validate.Length(max=2048), _HTTP_URL])
     metadata = fields.Nested(JobMetadataSchema, load_default=dict)
+    # When unanswered requests expire (finished ones are kept), e.g. "24h"; none by default.
+    completion_window = fields.String(validate=validate.Regexp(r"^[1-9][0-9]*[smhd]$"))
 
 
 class SubmitBatchFormSchema(SubmitBatchSchema):

@@ -1,0 +1,311 @@
+"""The OpenAI-compatible Files and Batches API: `/v1/files` and `/v1/batches`.
+
+A second shape over the same job model as `/v1/batch`: a batch here is a
+batchsvc job, created by `submit_job` and run by the same pipeline. Point the
+official `openai` client at `{host}/v1` and it works unchanged."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import orjson
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from batchsvc import layout
+from batchsvc.errors import ErrorType, JobNotFound, ServiceError
+from batchsvc.files import FileNotFound, FileRecord, new_file_id
+from batchsvc.jobs import Job, JobStatus
+from batchsvc.lifecycle import cancel_job
+from batchsvc.services import Services
+from batchsvc.storage import ObjectNotFound
+from batchsvc.submit import _CountingReader, submit_job
+from web.api import _enqueue_prepare
+from web.openai_schemas import UPLOAD_PURPOSE, CreateBatchSchema, ListFilesSchema, UploadFileSchema
+from web.schemas import ListJobsSchema
+
+bp = Blueprint("openai", __name__, url_prefix="/v1")
+
+T = TypeVar("T")
+
+
+def services() -> Services:
+    return current_app.extensions["batchsvc"]
+
+
+def unix(ts: float | None) -> int | None:
+    return None if ts is None else int(ts)
+
+
+@bp.after_request
+def _no_retry_on_conflict(response: Response) -> Response:
+    # OpenAI's clients retry a 409 (for them, a lock timeout). Here a 409 is a
+    # state that retrying cannot change (e.g. cancelling a finished batch).
+    if response.status_code == 409:
+        response.headers["x-should-retry"] = "false"
+    return response
+
+
+def _page(
+    ids: Callable[[int, str | None], list[str]],
+    get: Callable[[str], T],
+    *,
+    limit: int,
+    after: str | None,
+    keep: Callable[[T], bool] = lambda _: True,
+) -> tuple[list[T], bool]:
+    """One page of `limit` items after the cursor, newest first, and whether more follow.
+    Ids whose record is gone (the index catches up later) and items `keep` refuses
+    are skipped, fetching further ids until the page is full."""
+    found: list[T] = []
+    cursor = after
+    while len(found) <= limit:
+        batch = ids(limit + 1, cursor)
+        for item_id in batch:
+            try:
+                item = get(item_id)
+            except (JobNotFound, FileNotFound):
+                continue
+            if keep(item):
+                found.append(item)
+        if len(batch) < limit + 1:
+            break
+        cursor = batch[-1]
+    return found[:limit], len(found) > limit
+
+
+def _list_body(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": has_more,
+    }
+
+
+# --- files ---------------------------------------------------------------------------
+
+
+def file_object(record: FileRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "object": "file",
+        "bytes": record.size,
+        "created_at": int(record.created_at),
+        "filename": record.filename,
+        "purpose": record.purpose,
+        "status": "processed",
+        "status_details": None,
+        "expires_at": None,
+    }
+
+
+@bp.post("/files")
+def create_file() -> Response:
+    if request.mimetype != "multipart/form-data":
+        raise ServiceError(
+            ErrorType.UNSUPPORTED_MEDIA_TYPE,
+            "upload the file as multipart/form-data with 'file' and 'purpose' parts",
+            {"content_type": request.mimetype or None},
+        )
+    args = UploadFileSchema().load({**request.form.to_dict(), **request.files.to_dict()})
+    upload = args["file"]
+    svc = services()
+    file_id = new_file_id()
+    key = layout.file_key(file_id)
+    try:
+        # The same byte cap as a /v1/batch upload: past it, nothing is stored.
+        reader = _CountingReader(upload.stream, svc.settings.max_file_bytes)
+        info = svc.storage.put_stream(key, reader, "application/jsonl")  # type: ignore[arg-type]
+    finally:
+        upload.close()  # a large upload spools to a temp file: release it now
+    record = FileRecord(id=file_id, filename=args["filename"], purpose=UPLOAD_PURPOSE, size=info.size, key=key)
+    return jsonify(file_object(svc.files.save(record)))
+
+
+@bp.get("/files")
+def list_files() -> Response:
+    args = ListFilesSchema().load(request.args.to_dict())
+    files = services().files
+    page, has_more = _page(
+        lambda n, after: files.list_ids(limit=n, after=after),
+        files.get,
+        limit=args["limit"],
+        after=args["after"],
+        keep=lambda f: args["purpose"] is None or f.purpose == args["purpose"],
+    )
+    return jsonify(_list_body([file_object(f) for f in page], has_more))
+
+
+@bp.get("/files/<file_id>")
+def get_file(file_id: str) -> Response:
+    return jsonify(file_object(services().files.get(file_id)))
+
+
+@bp.get("/files/<file_id>/content")
+def get_file_content(file_id: str) -> Response:
+    svc = services()
+    record = svc.files.get(file_id)
+    try:
+        stream = svc.storage.open(record.key)
+    except ObjectNotFound:
+        raise ServiceError(
+            ErrorType.NOT_FOUND, f"the content of file {file_id!r} no longer exists", {"file_id": file_id}
+        ) from None
+
+    def chunks() -> Iterator[bytes]:
+        with stream:
+            while chunk := stream.read(256 * 1024):
+                yield chunk
+
+    jsonl = record.filename.endswith(".jsonl") or record.purpose in ("batch", "batch_output")
+    headers = {
+        "Content-Length": str(record.size),
+        "Content-Disposition": f'attachment; filename="{record.filename.replace(chr(34), "_")}"',
+    }
+    return Response(chunks(), mimetype="application/jsonl" if jsonl else "application/octet-stream", headers=headers)
+
+
+@bp.delete("/files/<file_id>")
+def delete_file(file_id: str) -> Response:
+    """An uploaded file loses its bytes and its record. A batch's output or error
+    file loses its record only: the bytes are the job's results, which the
+    /v1/batch API of the same job still serves."""
+    svc = services()
+    record = svc.files.get(file_id)
+    if record.purpose == UPLOAD_PURPOSE:
+        svc.storage.delete(record.key)
+    svc.files.delete(file_id)
+    return jsonify({"id": file_id, "object": "file", "deleted": True})
+
+
+# --- batches -------------------------------------------------------------------------
+
+# OpenAI has no "queued": a batch it accepted is "validating" until it runs.
+_STATUS = {JobStatus.QUEUED: "validating"}
+# Which terminal status each `*_at` timestamp belongs to (all come from finished_at).
+_FINISHED_AT = {
+    JobStatus.COMPLETED: "completed_at",
+    JobStatus.FAILED: "failed_at",
+    JobStatus.EXPIRED: "expired_at",
+    JobStatus.CANCELLED: "cancelled_at",
+}
+
+
+def batch_object(svc: Services, job: Job) -> dict[str, Any]:
+    """A job as an OpenAI batch object."""
+    if job.stats is not None:  # finalize merged the outputs: the exact figures
+        completed, failed = job.stats["successful"], job.stats["failed"]
+    else:
+        counts = svc.jobs.counts(job.id)
+        completed, failed = counts.completed, counts.failed
+    errors = None
+    if job.errors:
+        data = [{k: e.get(k) for k in ("code", "message", "param", "line")} for e in job.errors]
+        errors = {"object": "list", "data": data}
+    body: dict[str, Any] = {
+        "id": job.id,
+        "object": "batch",
+        "endpoint": job.endpoint,
+        "model": job.model,
+        "errors": errors,
+        "input_file_id": job.input_file_id,
+        "completion_window": job.completion_window,
+        "status": _STATUS.get(job.status, job.status.value),
+        "output_file_id": job.output_file_id,
+        "error_file_id": job.error_file_id,
+        "created_at": unix(job.created_at),
+        "in_progress_at": unix(job.in_progress_at),
+        "expires_at": unix(job.expires_at),
+        "finalizing_at": unix(job.finalizing_at),
+        "cancelling_at": unix(job.cancelling_at),
+        "request_counts": {"total": job.total or 0, "completed": completed, "failed": failed},
+        "metadata": job.metadata,
+    }
+    for status, name in _FINISHED_AT.items():
+        body[name] = unix(job.finished_at) if job.status is status else None
+    return body
+
+
+def _first_line_model(svc: Services, record: FileRecord) -> str | None:
+    """`body.model` of the file's first line: OpenAI puts the model in every
+    line, a batchsvc job has one. Prepare checks that every line agrees."""
+    try:
+        with svc.storage.open(record.key) as stream:
+            line = stream.readline(svc.settings.max_line_bytes + 1)
+    except ObjectNotFound:
+        raise ServiceError(
+            ErrorType.NOT_FOUND,
+            f"the content of file {record.id!r} no longer exists",
+            {"file_id": record.id},
+        ) from None
+    try:
+        model = orjson.loads(line)["body"]["model"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    if not isinstance(model, str):
+        return None
+    # A line may name the model by alias or by what the alias loads.
+    for alias in svc.models.aliases():
+        spec = svc.models.get(alias)
+        if spec is not None and model in spec.names:
+            return alias
+    return model  # unknown: submit_job refuses it, naming it
+
+
+@bp.post("/batches")
+def create_batch() -> Response:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ServiceError(ErrorType.INVALID_REQUEST, "request body must be a JSON object")
+    args = CreateBatchSchema().load(body)
+    svc = services()
+    input_file = svc.files.get(args["input_file_id"])
+    if input_file.purpose != UPLOAD_PURPOSE:
+        raise ServiceError(
+            ErrorType.VALIDATION,
+            f"file {input_file.id!r} has purpose {input_file.purpose!r}; batches read files of purpose 'batch'",
+            {"fields": {"input_file_id": [f"purpose must be '{UPLOAD_PURPOSE}'"]}},
+        )
+    metadata = args["metadata"]
+    model = metadata.get("model") or _first_line_model(svc, input_file)
+    if model is None:
+        raise ServiceError(
+            ErrorType.VALIDATION,
+            "no model: set metadata.model, or body.model in the first line of the input file",
+            {"fields": {"metadata": {"model": ["required when the first line has no body.model"]}}},
+        )
+    job = submit_job(
+        svc,
+        model=model,
+        enqueue=_enqueue_prepare(int(metadata.get("priority", 5))),
+        input_file=input_file,
+        endpoint=args["endpoint"],
+        completion_window=args["completion_window"],
+        metadata=metadata,
+    )
+    return jsonify(batch_object(svc, job))
+
+
+@bp.get("/batches/<batch_id>")
+def get_batch(batch_id: str) -> Response:
+    svc = services()
+    return jsonify(batch_object(svc, svc.jobs.get(batch_id)))
+
+
+@bp.post("/batches/<batch_id>/cancel")
+def cancel_batch(batch_id: str) -> Response:
+    svc = services()
+    return jsonify(batch_object(svc, cancel_job(svc, batch_id)))
+
+
+@bp.get("/batches")
+def list_batches() -> Response:
+    args = ListJobsSchema().load(request.args.to_dict())
+    svc = services()
+    page, has_more = _page(
+        lambda n, after: svc.jobs.list_ids(limit=n, after=after), svc.jobs.get, limit=args["limit"], after=args["after"]
+    )
+    return jsonify(_list_body([batch_object(svc, job) for job in page], has_more))
+
