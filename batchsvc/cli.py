@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import click
 import orjson
@@ -73,6 +73,7 @@ class Client:
 
     def download(self, url: str, path: Path) -> int:
         """Save a results link to `path`; returns its number of lines."""
+        url = urljoin(self.url + "/", url)  # a relative link is relative to the API
         # The key is for our server only: a presigned object-store link carries its own signature.
         ours = urlsplit(url)[:2] == urlsplit(self.url)[:2]
         headers = None if ours else {"Authorization": None}
@@ -122,12 +123,12 @@ def follow(client: Client, job_id: str, interval: float = 1.0) -> dict[str, Any]
     try:
         while True:
             job = client.call("GET", f"/v1/batch/{job_id}")
-            line = progress_line(job)
+            line, state = progress_line(job), (job["status"], _done(job))
             if tty:  # redraw in place
                 click.echo("\r" + line.ljust(len(last_line)), nl=False, err=True)
-            elif (job["status"], _done(job)) != last_state:  # a log: one line per change, not per poll
+            elif state != last_state:  # a log: one line per change, not one per poll
                 click.echo(line, err=True)
-            last_line, last_state = line, (job["status"], _done(job))
+            last_line, last_state = line, state
             if job["status"] in ENDED:
                 if tty:
                     click.echo(err=True)
@@ -139,13 +140,14 @@ def follow(client: Client, job_id: str, interval: float = 1.0) -> dict[str, Any]
 
 
 def summary(job: dict[str, Any]) -> str:
-    p = job["progress"]
-    text = f"job {job['status']}: {p['completed']} succeeded, {p['failed']} failed of {p['total']}"
-    if job.get("errors"):
-        shown = job["errors"][:10]
-        text += "".join(f"\n  line {e.get('line')}: {e.get('message')}" for e in shown)
-        if job.get("error_count", len(shown)) > len(shown):
-            text += f"\n  ... {job['error_count'] - len(shown)} more"
+    """How a job ended: its counts, or the lines that failed its validation."""
+    if not job.get("errors"):
+        p = job["progress"]
+        return f"job {job['status']}: {p['completed']} succeeded, {p['failed']} failed of {p['total']}"
+    shown = job["errors"][:10]
+    text = f"job {job['status']}:" + "".join(f"\n  line {e.get('line')}: {e.get('message')}" for e in shown)
+    if job.get("error_count", len(shown)) > len(shown):
+        text += f"\n  ... {job['error_count'] - len(shown)} more"
     return text
 
 

@@ -237,6 +237,12 @@ class JobStore:
         mapping = {f"{shard}:{name}": getattr(counts, name) for name in _COUNTERS}
         self.redis.hset(self._progress_key(job_id), mapping=mapping)
 
+    def shard_attempt(self, job_id: str, shard: int, delta: int = 1) -> int:
+        """Count a start of a shard (delta=1), or take back one that did not count
+        (delta=-1). Redeliveries after a worker died count too: Celery's own retry
+        counter does not see those."""
+        return int(self.redis.hincrby(f"{self._key(job_id)}:attempts", str(shard), delta))
+
     def counts(self, job_id: str) -> Counts:
         totals = dict.fromkeys(_COUNTERS, 0)
         for key, value in self.redis.hgetall(self._progress_key(job_id)).items():

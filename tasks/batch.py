@@ -4,6 +4,7 @@ Tasks take ids, never payloads, and every one is safe to run twice."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from datetime import timedelta
@@ -69,21 +70,26 @@ def prepare(self: Task, job_id: str) -> int:
 )
 def shard(self: Task, job_id: str, index: int) -> dict:
     svc = current_services()
-    attempt = self.request.retries + 1
+    cap = svc.settings.shard_max_attempts
+    attempt = svc.jobs.shard_attempt(job_id, index)
+    if attempt > cap:
+        # Earlier deliveries died with their worker (OOM, a crash in the engine):
+        # answer the rest with error lines instead of killing more workers.
+        log.error("shard %s/%d started %d times; giving up its remaining requests", job_id, index, attempt - 1)
+        return give_up_shard(svc, job_id, index, f"shard failed {attempt - 1} times").to_dict()
     try:
         return run_shard(svc, job_id, index).to_dict()
     except TRANSIENT as exc:
-        # Storage or Redis blinked: the checkpoint keeps the work done so far.
-        raise self.retry(exc=exc, countdown=_backoff(attempt)) from None
+        # Storage or Redis blinked: not the shard's fault, so it does not count,
+        # and the checkpoint keeps the work done so far.
+        with contextlib.suppress(*TRANSIENT):
+            svc.jobs.shard_attempt(job_id, index, -1)
+        raise self.retry(exc=exc, countdown=_backoff(self.request.retries + 1)) from None
     except Exception as exc:
-        # The engine failed on this shard (a crash, a bug, a time limit). Try again
-        # a few times, then answer the rest of it with error lines: the job finishes.
-        if attempt < svc.settings.shard_max_attempts:
-            log.warning("shard %s/%d attempt %d failed: %r", job_id, index, attempt, exc)
-            raise self.retry(exc=exc, countdown=_backoff(attempt)) from None
-        log.exception("shard %s/%d failed %d times; giving up its remaining requests", job_id, index, attempt)
-        reason = f"shard failed {attempt} times: {type(exc).__name__}"
-        return give_up_shard(svc, job_id, index, reason).to_dict()
+        # The engine failed on this shard (a crash, a bug, a time limit). Try
+        # again up to the cap; the attempt after that gives up (above).
+        log.warning("shard %s/%d attempt %d of %d failed: %r", job_id, index, attempt, cap, exc)
+        raise self.retry(exc=exc, countdown=_backoff(attempt)) from None
 
 
 def _backoff(attempt: int) -> float:

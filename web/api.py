@@ -189,7 +189,6 @@ def get_results(job_id: str) -> Response:
             {
                 "job_id": job.id,
                 "status": job.status.value,
-                "partial": False,
                 "results_url": storage.presigned_get_url(job.results_key, ttl, download_name=f"{job.id}-results.jsonl"),
                 "errors_url": storage.presigned_get_url(job.errors_key, ttl, download_name=f"{job.id}-errors.jsonl")
                 if job.errors_key

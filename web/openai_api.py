@@ -18,7 +18,7 @@ from batchsvc.files import FileNotFound, FileRecord, new_file_id
 from batchsvc.jobs import Job, JobStatus
 from batchsvc.lifecycle import cancel_job
 from batchsvc.services import Services
-from batchsvc.storage import ObjectNotFound
+from batchsvc.storage import ObjectNotFound, _content_disposition
 from batchsvc.submit import _CountingReader, submit_job
 from web.api import _enqueue_prepare
 from web.openai_schemas import UPLOAD_PURPOSE, CreateBatchSchema, ListFilesSchema, UploadFileSchema
@@ -162,7 +162,7 @@ def get_file_content(file_id: str) -> Response:
     jsonl = record.filename.endswith(".jsonl") or record.purpose in ("batch", "batch_output")
     headers = {
         "Content-Length": str(record.size),
-        "Content-Disposition": f'attachment; filename="{record.filename.replace(chr(34), "_")}"',
+        "Content-Disposition": _content_disposition(record.filename),
     }
     return Response(chunks(), mimetype="application/jsonl" if jsonl else "application/octet-stream", headers=headers)
 
@@ -308,4 +308,3 @@ def list_batches() -> Response:
         lambda n, after: svc.jobs.list_ids(limit=n, after=after), svc.jobs.get, limit=args["limit"], after=args["after"]
     )
     return jsonify(_list_body([batch_object(svc, job) for job in page], has_more))
-

@@ -43,6 +43,7 @@ STATUS_KEYS = {
     "created_at",
     "started_at",
     "finished_at",
+    "expires_at",
     "estimated_completion",
     "metadata",
 }
