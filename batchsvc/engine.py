@@ -166,19 +166,38 @@ def _failure_from(exc: Exception) -> RequestFailure:
 
 class InstantEngine:
     """Deterministic instant engine (tests and benchmarks only): answers every
-    request at once with text derived from a hash of the request."""
+    request at once with text derived from a hash of the request.
+
+    For fault injection it also reads, from the environment of its worker:
+      BATCHSVC_INSTANT_DELAY_S  seconds to spend on each request (so a test can
+                                kill a worker mid-shard)
+      BATCHSVC_INSTANT_LOG      a file to append each custom_id it answers to
+                                (so a test can count recomputed requests)
+    and a prompt containing CRASH_MARKER kills the worker process outright, as
+    an out-of-memory kill would."""
+
+    CRASH_MARKER = "INSTANT-ENGINE-CRASH"
 
     def __init__(self, spec: ModelSpec):
         self.spec = spec
+        self.delay = float(os.environ.get("BATCHSVC_INSTANT_DELAY_S", "0"))
+        self.log_path = os.environ.get("BATCHSVC_INSTANT_LOG")
 
     def run(self, requests: Iterable[EngineRequest]) -> Generator[EngineResult, None, None]:
         for request in requests:
+            prompt = repr(request.body.get("messages") or request.body.get("prompt"))
+            if self.CRASH_MARKER in prompt:
+                os._exit(137)
+            if self.delay:
+                time.sleep(self.delay)
             options = engine_options(request.body, self.spec)
             seed = hashlib.sha256(repr((request.custom_id, request.body)).encode()).hexdigest()
             n = int(options.sampling.get("n", 1))
             choices = [Choice(i, f"instant:{seed[:16]}:{i}", "stop", 3) for i in range(n)]
-            prompt_tokens = len(repr(request.body.get("messages") or request.body.get("prompt")).split())
-            yield EngineResult(request.custom_id, choices, prompt_tokens, 0.0)
+            if self.log_path:
+                with open(self.log_path, "a") as log_file:
+                    log_file.write(request.custom_id + "\n")
+            yield EngineResult(request.custom_id, choices, len(prompt.split()), self.delay)
 
     def close(self) -> None:
         pass

@@ -28,8 +28,10 @@ def shard_parts_prefix(job_id: str, index: int) -> str:
     return f"{_shard(job_id, index)}/parts/"
 
 
-def shard_part_key(job_id: str, index: int, seq: int) -> str:
-    return f"{shard_parts_prefix(job_id, index)}{seq:06d}.jsonl"
+def shard_part_key(job_id: str, index: int, seq: int, run: str) -> str:
+    """`run` names the run that wrote the part, so two runs of one shard (a
+    duplicate delivery) never overwrite each other's checkpoints."""
+    return f"{shard_parts_prefix(job_id, index)}{seq:06d}-{run}.jsonl"
 
 
 def shard_output_key(job_id: str, index: int) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -107,12 +108,13 @@ class ShardRun:
         self._next_part = 0
         self._last_flush = time.monotonic()
         self._stop: StopReason | None = None
+        self.run_id = secrets.token_hex(4)
 
     def _flush(self) -> None:
         if self._buffer:
             data = b"\n".join(self._buffer) + b"\n"
             self.storage.put_bytes(
-                layout.shard_part_key(self.job_id, self.index, self._next_part), data, "application/jsonl"
+                layout.shard_part_key(self.job_id, self.index, self._next_part, self.run_id), data, "application/jsonl"
             )
             self._next_part += 1
             self._buffer = []

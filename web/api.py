@@ -6,7 +6,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
 from batchsvc import progress
 from batchsvc.errors import ErrorType, JobNotFound, ServiceError
@@ -198,7 +198,8 @@ def get_results(job_id: str) -> Response:
             }
         )
     if partial and job.status in (JobStatus.IN_PROGRESS, JobStatus.FINALIZING, JobStatus.CANCELLING):
-        base = f"{svc.settings.public_base_url}/v1/batch/{job.id}/partial"
+        # Served by this API, so the link is built from the address it was reached on.
+        base = url_for("v1.get_partial", job_id=job.id, _external=True)
         counts = svc.jobs.counts(job.id)
         return jsonify(
             {

@@ -3,7 +3,6 @@ real Redis, the vLLM engine on the tiny model, local storage."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import subprocess
@@ -24,13 +23,7 @@ JOB_ID_RE = re.compile(r"batch_[0-9a-f]{32}")
 
 @pytest.fixture(scope="module")
 def url(local_stack: Stack) -> str:
-    url = local_stack.serve_http()
-    # The API builds its download and partial links from settings.public_base_url (:8000 by default), not
-    # from the address it was reached on: point this in-process app's links at the port it is served on.
-    services = local_stack.services
-    services.settings = dataclasses.replace(services.settings, public_base_url=url)
-    services.__dict__.pop("storage", None)  # a cached LocalStorage holds the old base URL
-    return url
+    return local_stack.serve_http()
 
 
 def batchsvc(url: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:

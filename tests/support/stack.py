@@ -22,6 +22,7 @@ from typing import Any
 from batchsvc.settings import PROJECT_ROOT, Settings
 from batchsvc.storage import Storage
 from tasks.celery_app import create_celery
+from tests.support.moto_server import free_port
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -111,6 +112,10 @@ class Worker:
 
 class Stack:
     def __init__(self, settings: Settings, log_dir: Path, llm_models: list[str]):
+        # The port serve_http() will use is the stack's public address, so the
+        # links that workers and the API build point back at this stack.
+        self._port = free_port()
+        settings = dataclasses.replace(settings, public_base_url=f"http://127.0.0.1:{self._port}")
         self.settings = settings
         self.log_dir = log_dir
         env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
@@ -144,7 +149,7 @@ class Stack:
         if self._http is None:
             from werkzeug.serving import make_server
 
-            self._http = make_server("127.0.0.1", 0, self.app, threaded=True)
+            self._http = make_server("127.0.0.1", self._port, self.app, threaded=True)
             threading.Thread(target=self._http.serve_forever, daemon=True).start()
         return f"http://127.0.0.1:{self._http.server_port}"
 

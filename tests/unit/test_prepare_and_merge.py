@@ -272,7 +272,7 @@ def _checkpoint(svc: Services, job_id: str, index: int, seq: int, custom_ids: li
         )
         lines[custom_id] = orjson.dumps(outputs.success_line(job_id, custom_id, body))
     data = b"\n".join(lines.values()) + b"\n"
-    svc.storage.put_bytes(layout.shard_part_key(job_id, index, seq), data, "application/jsonl")
+    svc.storage.put_bytes(layout.shard_part_key(job_id, index, seq, "earlier"), data, "application/jsonl")
     return lines
 
 
