@@ -88,6 +88,12 @@ class Job:
     error_file_id: str | None = None
     estimated_completion: float | None = None
     webhook_status: str | None = None  # pending, delivered, failed
+    last_progress_at: float | None = None  # a shard checkpointed, or the job was re-driven
+
+    @property
+    def last_activity(self) -> float:
+        moments = (self.created_at, self.validating_at, self.in_progress_at, self.finalizing_at, self.last_progress_at)
+        return max(m for m in moments if m is not None)
 
     def to_fields(self) -> dict[str, bytes]:
         # None is stored as an absent field, so HSETNX can fill it in exactly once.
@@ -165,11 +171,16 @@ class JobStore:
     def _index_key(self) -> str:
         return f"{self.prefix}:jobs"
 
+    @property
+    def _active_key(self) -> str:
+        return f"{self.prefix}:active"
+
     # --- jobs ---
     def create(self, job: Job) -> Job:
         pipe = self.redis.pipeline()
         pipe.hset(self._key(job.id), mapping=job.to_fields())
         pipe.zadd(self._index_key, {job.id: job.created_at})
+        pipe.sadd(self._active_key, job.id)
         pipe.execute()
         return job
 
@@ -203,7 +214,13 @@ class JobStore:
         result = self._transition(keys=[self._key(job_id)], args=args)
         if result == -1:
             raise JobNotFound(job_id)
+        if result and to.terminal:
+            self.redis.srem(self._active_key, job_id)
         return bool(result)
+
+    def active_ids(self) -> list[str]:
+        """Jobs not yet in a terminal status (what the sweeper looks at)."""
+        return sorted(i.decode() for i in self.redis.smembers(self._active_key))
 
     def fail(
         self, job_id: str, errors: list[dict[str, Any]], error_count: int | None = None, *, expect: frozenset = ACTIVE
@@ -235,7 +252,10 @@ class JobStore:
     # --- progress ---
     def record_shard_progress(self, job_id: str, shard: int, counts: Counts) -> None:
         mapping = {f"{shard}:{name}": getattr(counts, name) for name in _COUNTERS}
-        self.redis.hset(self._progress_key(job_id), mapping=mapping)
+        pipe = self.redis.pipeline()
+        pipe.hset(self._progress_key(job_id), mapping=mapping)
+        pipe.hset(self._key(job_id), "last_progress_at", orjson.dumps(time.time()))
+        pipe.execute()
 
     def shard_attempt(self, job_id: str, shard: int, delta: int = 1) -> int:
         """Count a start of a shard (delta=1), or take back one that did not count

@@ -47,6 +47,10 @@ class Settings:
     # A shard whose engine fails this many times gives its unanswered requests up
     # as error lines, so one poisoned shard cannot hold a whole job hostage.
     shard_max_attempts: int = 3
+    # The sweeper re-drives active jobs with no activity for this long whose queue
+    # is empty (their messages were lost), checking every sweep_interval_s.
+    stall_after_s: int = 900
+    sweep_interval_s: int = 60
 
     # --- Storage ---
     storage_backend: str = "local"  # "local" or "s3"

@@ -14,17 +14,59 @@ from celery import Task, chord
 
 from batchsvc import webhooks
 from batchsvc.finalize import finalize_job
-from batchsvc.jobs import JobStatus, job_error
+from batchsvc.jobs import Job, JobStatus, job_error
 from batchsvc.prepare import prepare_job
+from batchsvc.recovery import Redrive, redrive, stalled_jobs
 from batchsvc.services import current_services
 from batchsvc.settings import get_settings
 from batchsvc.shards import give_up_shard, run_shard
 from batchsvc.storage import StorageUnavailable
 from batchsvc.submit import submit_job
-from tasks.celery_app import FINALIZE, PREPARE, RESCORE, SHARD, WEBHOOK, app, celery_priority, llm_queue
+from tasks.celery_app import (
+    FINALIZE,
+    PREPARE,
+    REDRIVE,
+    RESCORE,
+    SHARD,
+    SWEEP,
+    WEBHOOK,
+    app,
+    celery_priority,
+    llm_queue,
+    queue_keys,
+)
 from tasks.schedule import rescoring_entry
 
 log = logging.getLogger(__name__)
+
+
+def start_chord(job_id: str, model: str, shard_indexes: list[int]) -> None:
+    """One shard task per index on the model's queue, then finalize."""
+    svc = current_services()
+    queue = llm_queue(svc.settings, model)
+    priority = celery_priority(int(svc.jobs.get(job_id).metadata.get("priority", 5)))
+    header = [shard.si(job_id, i).set(queue=queue, priority=priority) for i in shard_indexes]
+    chord(header)(finalize.s(job_id).set(queue=svc.settings.cpu_queue, priority=priority))
+
+
+def send_redrive(plan: Redrive) -> None:
+    svc = current_services()
+    if plan.step == "prepare":
+        prepare.apply_async((plan.job_id,), queue=svc.settings.cpu_queue)
+    elif plan.step == "shards":
+        start_chord(plan.job_id, svc.jobs.get(plan.job_id).model, plan.shards)
+    elif plan.step == "finalize":
+        finalize.apply_async(([], plan.job_id), queue=svc.settings.cpu_queue)
+
+
+def queue_depth(job: Job) -> int:
+    """Messages waiting in the queue this job's next step would be in."""
+    svc = current_services()
+    queue = llm_queue(svc.settings, job.model) if job.status is JobStatus.IN_PROGRESS else svc.settings.cpu_queue
+    with app.connection_for_read() as conn:
+        client = conn.default_channel.client
+        return sum(int(client.llen(key)) for key in queue_keys(queue))
+
 
 # Outages that pass: retry these, and nothing broader.
 TRANSIENT = (StorageUnavailable, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
@@ -49,14 +91,8 @@ def prepare(self: Task, job_id: str) -> int:
     if manifest is None:
         return 0
     # Only the delivery that moves the job to in_progress starts the chord.
-    if not svc.jobs.transition(
-        job_id, JobStatus.IN_PROGRESS, expect={JobStatus.VALIDATING}, in_progress_at=time.time()
-    ):
-        return len(manifest.shards)
-    queue = llm_queue(svc.settings, manifest.model)
-    priority = celery_priority(int(svc.jobs.get(job_id).metadata.get("priority", 5)))
-    header = [shard.si(job_id, s.index).set(queue=queue, priority=priority) for s in manifest.shards]
-    chord(header)(finalize.s(job_id).set(queue=svc.settings.cpu_queue, priority=priority))
+    if svc.jobs.transition(job_id, JobStatus.IN_PROGRESS, expect={JobStatus.VALIDATING}, in_progress_at=time.time()):
+        start_chord(job_id, manifest.model, [s.index for s in manifest.shards])
     return len(manifest.shards)
 
 
@@ -150,3 +186,22 @@ def rescore(self: Task, name: str) -> str:
         enqueue=lambda job_id: prepare.apply_async((job_id,), queue=svc.settings.cpu_queue),
     )
     return job.id
+
+
+@app.task(name=SWEEP, bind=True, acks_late=True, max_retries=0)
+def sweep(self: Task) -> list[str]:
+    """Beat, every sweep_interval_s: re-drive jobs whose messages were lost."""
+    svc = current_services()
+    redriven = []
+    for job in stalled_jobs(svc, now=time.time(), stall_after_s=svc.settings.stall_after_s, queue_depth=queue_depth):
+        plan = redrive(svc, job.id, send_redrive)
+        log.warning("sweeper re-drove job %s (%s %s)", job.id, plan.step, plan.shards or "")
+        redriven.append(job.id)
+    return redriven
+
+
+@app.task(name=REDRIVE, bind=True, acks_late=True, max_retries=3, **_RETRY)
+def redrive_job(self: Task, job_id: str) -> dict:
+    """The operator's retry of one job (also reachable from Flower by name)."""
+    plan = redrive(current_services(), job_id, send_redrive)
+    return {"job_id": plan.job_id, "step": plan.step, "shards": plan.shards}

@@ -12,6 +12,8 @@ SHARD = "batch.shard"
 FINALIZE = "batch.finalize"
 WEBHOOK = "batch.webhook"
 RESCORE = "batch.rescore"
+SWEEP = "batch.sweep"
+REDRIVE = "batch.redrive"
 
 
 def llm_queue(settings: Settings, model: str) -> str:

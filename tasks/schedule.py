@@ -11,7 +11,7 @@ import yaml
 from celery.schedules import crontab
 
 from batchsvc.settings import Settings
-from tasks.celery_app import RESCORE
+from tasks.celery_app import RESCORE, SWEEP
 
 
 def _crontab(expr: str) -> crontab:
@@ -20,11 +20,17 @@ def _crontab(expr: str) -> crontab:
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    schedule: dict[str, dict[str, Any]] = {
+        "sweep": {
+            "task": SWEEP,
+            "schedule": float(settings.sweep_interval_s),
+            "options": {"queue": settings.cpu_queue, "expires": settings.sweep_interval_s},
+        }
+    }
     path = settings.path(settings.schedule_file)
     if not path.exists():
-        return {}
+        return schedule
     data = yaml.safe_load(path.read_text()) or {}
-    schedule = {}
     for entry in data.get("rescoring") or []:
         if not entry.get("enabled", True):
             continue

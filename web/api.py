@@ -13,10 +13,11 @@ from batchsvc.errors import ErrorType, JobNotFound, ServiceError
 from batchsvc.jobs import Job, JobStatus
 from batchsvc.lifecycle import cancel_job
 from batchsvc.partial import finished_lines
+from batchsvc.recovery import plan_redrive
 from batchsvc.services import Services
 from batchsvc.storage import InvalidDownloadToken, LocalStorage, ObjectNotFound
 from batchsvc.submit import submit_job
-from tasks.celery_app import PREPARE, celery_priority
+from tasks.celery_app import PREPARE, REDRIVE, celery_priority
 from web.schemas import ListJobsSchema, SubmitBatchFormSchema, SubmitBatchSchema
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
@@ -228,6 +229,19 @@ def get_partial(job_id: str) -> Response:
         raise ServiceError(ErrorType.VALIDATION, "kind must be results or errors", {"fields": {"kind": [kind]}})
     lines = finished_lines(svc.storage, job_id, successes=kind == "results")
     return Response(lines, mimetype="application/jsonl")
+
+
+@bp.post("/batch/<job_id>/retry")
+def retry_batch(job_id: str) -> tuple[Response, int]:
+    """Re-drive what a job is missing (lost shards, a lost finalize): the same
+    as the sweeper does for stalled jobs, now, for this one job."""
+    svc = services()
+    job = svc.jobs.get(job_id)
+    if job.status.terminal:
+        raise ServiceError(ErrorType.CONFLICT, f"job is {job.status.value}; nothing to retry", {"job_id": job_id})
+    plan = plan_redrive(svc, job)
+    current_app.extensions["celery"].send_task(REDRIVE, args=[job_id], queue=svc.settings.cpu_queue)
+    return jsonify({"job_id": job_id, "status": job.status.value, "step": plan.step, "shards": plan.shards}), 202
 
 
 @bp.post("/batch/<job_id>/cancel")
