@@ -57,6 +57,10 @@ class VLLMEngine:
     def __init__(self, spec: ModelSpec):
         for name, value in spec.engine_env.items():
             os.environ.setdefault(name, str(value))
+        if spec.torch_threads:
+            import torch
+
+            torch.set_num_threads(spec.torch_threads)
         from vllm import LLM  # heavy import: only on LLM workers
 
         self.spec = spec

@@ -26,6 +26,9 @@ class ModelSpec:
     engine_args: Mapping[str, Any] = field(default_factory=dict)
     engine_env: Mapping[str, str] = field(default_factory=dict)
     chat_template_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    # CPU engines in the worker's own process: torch's thread count, set before the
+    # engine binds its threads (vLLM cannot change it after).
+    torch_threads: int | None = None
     max_tokens_cap: int = 4096
     default_max_tokens: int = 512
     # Used for estimated_completion before a job of this model has published progress.

@@ -14,7 +14,7 @@ from batchsvc.fetch import FetchError, fetch_to_storage
 from batchsvc.jobs import JobStatus, job_error
 from batchsvc.manifest import Manifest, ShardInfo
 from batchsvc.services import Services
-from batchsvc.storage import Storage
+from batchsvc.storage import ObjectNotFound, Storage
 from batchsvc.validation import DEFAULT_SUPPORTED_URLS, BatchRequest, BatchValidator
 
 log = logging.getLogger(__name__)
@@ -116,14 +116,19 @@ def prepare_job(svc: Services, job_id: str) -> Manifest | None:
         max_tokens_cap=spec.max_tokens_cap,
         max_errors=settings.max_errors_reported,
     )
-    with tempfile.TemporaryDirectory(prefix="batchsvc-prepare-") as workdir:
+    try:
+        source = svc.storage.open(input_key)
+    except ObjectNotFound:
+        message = f"the input file {job.input_file_id or input_key!r} no longer exists"
+        fail_job(svc, job_id, [job_error("input_missing", message, "input_file_id")], 1)
+        return None
+    with tempfile.TemporaryDirectory(prefix="batchsvc-prepare-") as workdir, source as stream:
         writer = ShardWriter(svc.storage, job_id, settings.shard_size, Path(workdir))
-        with svc.storage.open(input_key) as stream:
-            for request in validator.iter_valid(stream):
-                # Keep validating after the first error, to report up to N of them,
-                # but stop writing shards: nothing of a bad file is ever run.
-                if validator.report.error_count == 0:
-                    writer.add(request)
+        for request in validator.iter_valid(stream):
+            # Keep validating after the first error, to report up to N of them,
+            # but stop writing shards: nothing of a bad file is ever run.
+            if validator.report.error_count == 0:
+                writer.add(request)
         report = validator.report
         if not report.ok:
             writer.discard()

@@ -120,7 +120,7 @@ def _check_delete_prefix(prefix: str) -> str:
     return _check_prefix(prefix)
 
 
-def _content_disposition(name: str) -> str:
+def content_disposition(name: str) -> str:
     # RFC 6266: an ASCII fallback for old clients plus the exact UTF-8 name.
     fallback = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in name)
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
@@ -643,5 +643,5 @@ class S3Storage:
         check_key(key)
         headers: DictType | None = None
         if download_name:
-            headers = {"response-content-disposition": _content_disposition(download_name)}
+            headers = {"response-content-disposition": content_disposition(download_name)}
         return self._presign_client().presigned_get_object(self.bucket, key, expires, response_headers=headers)

@@ -6,15 +6,18 @@ import re
 from collections.abc import Callable
 from typing import IO, Any
 
+import orjson
+
 from batchsvc import layout
 from batchsvc.errors import ErrorType, ServiceError
-from batchsvc.files import FileRecord
+from batchsvc.files import FileRecord, new_file_id
 from batchsvc.jobs import Counts, Job, job_error, new_job_id
 from batchsvc.progress import estimate_completion
 from batchsvc.services import Services
+from batchsvc.storage import ObjectNotFound
 
 
-class _CountingReader:
+class CappedReader:
     """Counts bytes and newlines as the upload streams through to storage, and
     stops at the size limit instead of storing an oversized file."""
 
@@ -65,6 +68,39 @@ def window_seconds(window: str) -> int:
     return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
+def store_upload(svc: Services, stream: IO[bytes], filename: str, purpose: str = "batch") -> FileRecord:
+    """Store an uploaded input file (OpenAI Files API) under the same byte cap as
+    a /v1/batch upload; past it, nothing is stored."""
+    record_id = new_file_id()
+    key = layout.file_key(record_id)
+    info = svc.storage.put_stream(key, CappedReader(stream, svc.settings.max_file_bytes), "application/jsonl")  # type: ignore[arg-type]
+    return svc.files.save(FileRecord(id=record_id, filename=filename, purpose=purpose, size=info.size, key=key))
+
+
+def model_of_first_line(svc: Services, record: FileRecord) -> str | None:
+    """`body.model` of a file's first line, as a catalogue alias when it names one.
+    OpenAI puts the model in every line, a batchsvc job has one; prepare then
+    checks that every line agrees."""
+    try:
+        with svc.storage.open(record.key) as stream:
+            line = stream.readline(svc.settings.max_line_bytes + 1)
+    except ObjectNotFound:
+        raise ServiceError(
+            ErrorType.NOT_FOUND, f"the content of file {record.id!r} no longer exists", {"file_id": record.id}
+        ) from None
+    try:
+        model = orjson.loads(line)["body"]["model"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    if not isinstance(model, str):
+        return None
+    for alias in svc.models.aliases():
+        spec = svc.models.get(alias)
+        if spec is not None and model in spec.names:
+            return alias
+    return model  # unknown: submit_job refuses it, naming it
+
+
 def submit_job(
     svc: Services,
     *,
@@ -112,7 +148,7 @@ def submit_job(
         job.input_key = input_file.key
         job.input_file_id = input_file.id
     if upload is not None:
-        reader = _CountingReader(upload, svc.settings.max_file_bytes)
+        reader = CappedReader(upload, svc.settings.max_file_bytes)
         key = layout.input_key(job.id)
         svc.storage.put_stream(key, reader, "application/jsonl")  # type: ignore[arg-type]
         job.input_key = key

@@ -44,9 +44,16 @@ def start_chord(job_id: str, model: str, shard_indexes: list[int]) -> None:
     """One shard task per index on the model's queue, then finalize."""
     svc = current_services()
     queue = llm_queue(svc.settings, model)
-    priority = celery_priority(int(svc.jobs.get(job_id).metadata.get("priority", 5)))
+    priority = celery_priority(_priority(svc.jobs.get(job_id).metadata))
     header = [shard.si(job_id, i).set(queue=queue, priority=priority) for i in shard_indexes]
     chord(header)(finalize.s(job_id).set(queue=svc.settings.cpu_queue, priority=priority))
+
+
+def _priority(metadata: dict) -> int:
+    try:
+        return int(metadata.get("priority", 5))
+    except (TypeError, ValueError):  # OpenAI metadata values are free strings
+        return 5
 
 
 def send_redrive(plan: Redrive) -> None:

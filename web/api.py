@@ -33,7 +33,7 @@ def iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _enqueue_prepare(priority: int):
+def enqueue_prepare(priority: int):
     celery = current_app.extensions["celery"]
     queue = services().settings.cpu_queue
 
@@ -93,7 +93,7 @@ def submit_batch() -> tuple[Response, int]:
             webhook_url=args.get("webhook_url"),
             metadata=metadata,
             completion_window=args.get("completion_window"),
-            enqueue=_enqueue_prepare(metadata.get("priority", 5)),
+            enqueue=enqueue_prepare(metadata.get("priority", 5)),
         )
     finally:
         if upload is not None:

@@ -40,7 +40,12 @@ def register_error_handlers(app: Flask) -> None:
     def _validation_error(error: ValidationError):
         fields = error.messages if isinstance(error.messages, dict) else {"_schema": error.messages}
         first = next(iter(fields), None)
-        message = f"invalid field {first!r}" if first and first != "_schema" else "invalid request"
+        message = "invalid request"
+        if first and first != "_schema":
+            reason = fields[first]
+            while isinstance(reason, (list, dict)) and reason:  # nested schemas nest their messages
+                reason = reason[0] if isinstance(reason, list) else next(iter(reason.values()))
+            message = f"invalid field {first!r}: {reason}" if isinstance(reason, str) else f"invalid field {first!r}"
         return error_response(ServiceError(ErrorType.VALIDATION, message, {"fields": fields}))
 
     @app.errorhandler(HTTPException)

@@ -9,18 +9,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-import orjson
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from batchsvc import layout
 from batchsvc.errors import ErrorType, JobNotFound, ServiceError
-from batchsvc.files import FileNotFound, FileRecord, new_file_id
+from batchsvc.files import FileNotFound, FileRecord
 from batchsvc.jobs import Job, JobStatus
 from batchsvc.lifecycle import cancel_job
 from batchsvc.services import Services
-from batchsvc.storage import ObjectNotFound, _content_disposition
-from batchsvc.submit import _CountingReader, submit_job
-from web.api import _enqueue_prepare
+from batchsvc.storage import ObjectNotFound, content_disposition
+from batchsvc.submit import model_of_first_line, store_upload, submit_job
+from web.api import enqueue_prepare
 from web.openai_schemas import UPLOAD_PURPOSE, CreateBatchSchema, ListFilesSchema, UploadFileSchema
 from web.schemas import ListJobsSchema
 
@@ -112,16 +110,11 @@ def create_file() -> Response:
     args = UploadFileSchema().load({**request.form.to_dict(), **request.files.to_dict()})
     upload = args["file"]
     svc = services()
-    file_id = new_file_id()
-    key = layout.file_key(file_id)
     try:
-        # The same byte cap as a /v1/batch upload: past it, nothing is stored.
-        reader = _CountingReader(upload.stream, svc.settings.max_file_bytes)
-        info = svc.storage.put_stream(key, reader, "application/jsonl")  # type: ignore[arg-type]
+        record = store_upload(svc, upload.stream, args["filename"], UPLOAD_PURPOSE)
     finally:
         upload.close()  # a large upload spools to a temp file: release it now
-    record = FileRecord(id=file_id, filename=args["filename"], purpose=UPLOAD_PURPOSE, size=info.size, key=key)
-    return jsonify(file_object(svc.files.save(record)))
+    return jsonify(file_object(record))
 
 
 @bp.get("/files")
@@ -162,7 +155,7 @@ def get_file_content(file_id: str) -> Response:
     jsonl = record.filename.endswith(".jsonl") or record.purpose in ("batch", "batch_output")
     headers = {
         "Content-Length": str(record.size),
-        "Content-Disposition": _content_disposition(record.filename),
+        "Content-Disposition": content_disposition(record.filename),
     }
     return Response(chunks(), mimetype="application/jsonl" if jsonl else "application/octet-stream", headers=headers)
 
@@ -228,32 +221,6 @@ def batch_object(svc: Services, job: Job) -> dict[str, Any]:
     return body
 
 
-def _first_line_model(svc: Services, record: FileRecord) -> str | None:
-    """`body.model` of the file's first line: OpenAI puts the model in every
-    line, a batchsvc job has one. Prepare checks that every line agrees."""
-    try:
-        with svc.storage.open(record.key) as stream:
-            line = stream.readline(svc.settings.max_line_bytes + 1)
-    except ObjectNotFound:
-        raise ServiceError(
-            ErrorType.NOT_FOUND,
-            f"the content of file {record.id!r} no longer exists",
-            {"file_id": record.id},
-        ) from None
-    try:
-        model = orjson.loads(line)["body"]["model"]
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        return None
-    if not isinstance(model, str):
-        return None
-    # A line may name the model by alias or by what the alias loads.
-    for alias in svc.models.aliases():
-        spec = svc.models.get(alias)
-        if spec is not None and model in spec.names:
-            return alias
-    return model  # unknown: submit_job refuses it, naming it
-
-
 @bp.post("/batches")
 def create_batch() -> Response:
     body = request.get_json(silent=True)
@@ -269,7 +236,7 @@ def create_batch() -> Response:
             {"fields": {"input_file_id": [f"purpose must be '{UPLOAD_PURPOSE}'"]}},
         )
     metadata = args["metadata"]
-    model = metadata.get("model") or _first_line_model(svc, input_file)
+    model = metadata.get("model") or model_of_first_line(svc, input_file)
     if model is None:
         raise ServiceError(
             ErrorType.VALIDATION,
@@ -279,7 +246,7 @@ def create_batch() -> Response:
     job = submit_job(
         svc,
         model=model,
-        enqueue=_enqueue_prepare(int(metadata.get("priority", 5))),
+        enqueue=enqueue_prepare(int(metadata.get("priority", 5))),
         input_file=input_file,
         endpoint=args["endpoint"],
         completion_window=args["completion_window"],
