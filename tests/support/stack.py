@@ -60,6 +60,11 @@ class Worker:
         self.log_path = log_dir / f"{name}.log"
         self.extra = extra
         self.process: subprocess.Popen[bytes] | None = None
+        self._log_start = 0  # where this start's lines begin in the (appended) log
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
 
     @property
     def nodename(self) -> str:
@@ -67,6 +72,7 @@ class Worker:
 
     def start(self) -> None:
         log = self.log_path.open("ab")
+        self._log_start = log.tell()
         command = [
             sys.executable, "-m", "celery", "-A", "tasks.worker", "worker",
             "-Q", ",".join(self.queues), "-n", self.nodename, "--pool", "solo",
@@ -87,7 +93,16 @@ class Worker:
     def ready(self) -> bool:
         if self.process is None or self.process.poll() is not None:
             raise RuntimeError(f"worker {self.name} exited; log:\n{self.log_tail()}")
-        return f"{self.nodename} ready." in self.log_path.read_text(errors="replace")
+        return f"{self.nodename} ready." in self.log_text(since_start=True)
+
+    def wait_ready(self, timeout: float = 180) -> None:
+        wait_until(self.ready, timeout, what=f"worker {self.name} ready")
+
+    def log_text(self, since_start: bool = False) -> str:
+        """The worker's log; with since_start, only what its latest start wrote."""
+        with self.log_path.open("rb") as fh:
+            fh.seek(self._log_start if since_start else 0)
+            return fh.read().decode(errors="replace")
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -111,7 +126,9 @@ class Worker:
 
 
 class Stack:
-    def __init__(self, settings: Settings, log_dir: Path, llm_models: list[str]):
+    def __init__(
+        self, settings: Settings, log_dir: Path, llm_models: list[str], *, llm_env: dict[str, str] | None = None
+    ):
         # The port serve_http() will use is the stack's public address, so the
         # links that workers and the API build point back at this stack.
         self._port = free_port()
@@ -121,12 +138,21 @@ class Stack:
         env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
         llm_queues = [f"{settings.llm_queue_prefix}.{m}" for m in llm_models]
         self.cpu = Worker("cpu", [settings.cpu_queue], env, log_dir, [])
-        self.llm = Worker("llm", llm_queues, {**env, "BATCHSVC_PRELOAD_MODEL": llm_models[0]}, log_dir, [])
+        llm_env = {**env, "BATCHSVC_PRELOAD_MODEL": llm_models[0], **(llm_env or {})}
+        self.llm = Worker("llm", llm_queues, llm_env, log_dir, [])
+        self.extra_workers: list[Worker] = []
         from web import create_app
 
         self.app = create_app(settings)
         self.client = self.app.test_client()
         self._http: Any = None
+
+    def add_worker(self, name: str, like: Worker) -> Worker:
+        """Another worker on the queues and environment of `like` (a second CPU or
+        LLM worker); the caller starts it, stop() stops it."""
+        worker = Worker(name, like.queues, like.env, self.log_dir, like.extra)
+        self.extra_workers.append(worker)
+        return worker
 
     @property
     def services(self):
@@ -157,7 +183,7 @@ class Stack:
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
-        for worker in (self.llm, self.cpu):
+        for worker in (*self.extra_workers, self.llm, self.cpu):
             worker.stop()
         self.purge()
 

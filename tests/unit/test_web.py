@@ -4,11 +4,7 @@ queue), local storage under tmp_path. Jobs are driven to completion by calling t
 from __future__ import annotations
 
 import base64
-import dataclasses
 import re
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,9 +23,7 @@ from batchsvc.services import Services
 from batchsvc.settings import Settings
 from batchsvc.shards import run_shard
 from tasks.celery_app import PREPARE, queue_keys
-from tests.conftest import make_settings
 from tests.support.client import upload as post_upload
-from web import create_app
 
 MODEL = "instant-test"
 JOB_ID_RE = re.compile(r"batch_[0-9a-f]{32}")
@@ -48,48 +42,6 @@ STATUS_KEYS = {
     "metadata",
 }
 T0 = 1_700_000_000.5
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    # A queue of our own on the broker DB, so nothing we enqueue collides with other tests.
-    return make_settings(tmp_path, cpu_queue=f"test-{uuid.uuid4().hex[:12]}")
-
-
-def _purge_broker(settings: Settings) -> None:
-    broker = redis.Redis.from_url(settings.broker_url)
-    try:
-        keys = set(queue_keys(settings.cpu_queue))
-        keys.update(broker.scan_iter(f"*{settings.cpu_queue}*", count=1000))
-        broker.delete(*keys)
-    finally:
-        broker.close()
-
-
-@pytest.fixture
-def make_app(settings: Settings, services: Services) -> Iterator[Any]:
-    """Apps on these settings (or variants of them); `services` drops their Redis keys afterwards."""
-    apps: list[Flask] = []
-
-    def make(**overrides: Any) -> Flask:
-        app = create_app(dataclasses.replace(settings, **overrides))
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        app.extensions["celery"].close()
-    _purge_broker(settings)
-
-
-@pytest.fixture
-def app(make_app: Any) -> Flask:
-    return make_app()
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
 
 
 def jsonl(custom_ids: list[str]) -> bytes:
