@@ -25,20 +25,14 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class MergeStats:
-    total: int = 0
-    successful: int = 0
-    failed: int = 0
+class MergeStats(outputs.Tally):
     expired: int = 0  # requests that never ran because the completion window ended
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    latency_sum: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        avg = round(self.latency_sum / self.successful, 4) if self.successful else None
+        avg = round(self.latency_sum / self.succeeded, 4) if self.succeeded else None
         return {
             "total": self.total,
-            "successful": self.successful,
+            "successful": self.succeeded,
             "failed": self.failed,
             "avg_response_time": avg,
             "prompt_tokens": self.prompt_tokens,
@@ -52,18 +46,12 @@ def merge_outputs(storage: Storage, manifest: Manifest, results_path: Path, erro
     with results_path.open("wb") as results, errors_path.open("wb") as errors:
         for shard in manifest.shards:
             summary = ShardSummary.load(storage, manifest.job_id, shard.index)
-            stats.latency_sum += summary.latency_sum
+            stats.latency_sum += summary.latency_sum  # latencies live in the summaries, not the lines
             for raw in iter_lines(storage, summary.output_key):
                 line = orjson.loads(raw)
-                stats.total += 1
-                if outputs.is_success(line):
-                    stats.successful += 1
-                    p, c = outputs.usage_of(line)
-                    stats.prompt_tokens += p
-                    stats.completion_tokens += c
+                if stats.add(line):
                     results.write(raw + b"\n")
                 else:
-                    stats.failed += 1
                     if (line.get("error") or {}).get("code") == EXPIRED_CODE:
                         stats.expired += 1
                     errors.write(raw + b"\n")

@@ -160,6 +160,33 @@ def not_run_line(job_id: str, custom_id: str, code: str, message: str) -> dict[s
     return {"id": line_id, "custom_id": custom_id, "response": None, "error": {"code": code, "message": message}}
 
 
+@dataclass
+class Tally:
+    """Counts over output lines: a shard's progress, a job's stats."""
+
+    succeeded: int = 0
+    failed: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_sum: float = 0.0  # seconds, over the successes whose latency is known
+
+    def add(self, line: dict[str, Any], latency: float = 0.0) -> bool:
+        """Count one line; True if it is a success."""
+        if not is_success(line):
+            self.failed += 1
+            return False
+        self.succeeded += 1
+        p, c = usage_of(line)
+        self.prompt_tokens += p
+        self.completion_tokens += c
+        self.latency_sum += latency
+        return True
+
+    @property
+    def total(self) -> int:
+        return self.succeeded + self.failed
+
+
 def is_success(line: dict[str, Any]) -> bool:
     response = line.get("response")
     return line.get("error") is None and response is not None and response.get("status_code") == 200

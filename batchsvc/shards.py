@@ -17,7 +17,6 @@ import secrets
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import orjson
 
@@ -31,28 +30,6 @@ from batchsvc.services import Services
 from batchsvc.storage import ObjectNotFound, Storage
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class _Tally:
-    succeeded: int = 0
-    failed: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    latency_sum: float = 0.0
-
-    def add(self, line: dict, latency: float = 0.0) -> None:
-        if outputs.is_success(line):
-            self.succeeded += 1
-            p, c = outputs.usage_of(line)
-            self.prompt_tokens += p
-            self.completion_tokens += c
-            self.latency_sum += latency
-        else:
-            self.failed += 1
-
-    def counts(self) -> Counts:
-        return Counts(self.succeeded, self.failed, self.prompt_tokens, self.completion_tokens)
 
 
 def read_shard_requests(storage: Storage, job_id: str, index: int) -> list[EngineRequest]:
@@ -102,7 +79,7 @@ class ShardRun:
         self.index = index
         self.spec = spec
         self.model_name = model_name
-        self.tally = _Tally()
+        self.tally = outputs.Tally()
         self.done: dict[str, bytes] = {}
         self._buffer: list[bytes] = []
         self._next_part = 0
@@ -118,7 +95,9 @@ class ShardRun:
             )
             self._next_part += 1
             self._buffer = []
-        self.svc.jobs.record_shard_progress(self.job_id, self.index, self.tally.counts())
+        t = self.tally
+        counts = Counts(t.succeeded, t.failed, t.prompt_tokens, t.completion_tokens)
+        self.svc.jobs.record_shard_progress(self.job_id, self.index, counts)
         self._last_flush = time.monotonic()
         # A checkpoint is also where a running shard notices a cancel or an expiry.
         self._stop = stop_reason(self.svc.jobs.get(self.job_id))

@@ -13,6 +13,7 @@ the service is "down", and restore() listens on it again.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
@@ -27,11 +28,9 @@ _BACKLOG = 64
 def _reset(sock: socket.socket) -> None:
     """Close with RST, as a crashed peer or a dropped route would, and wake any
     thread blocked reading it."""
-    try:
+    with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
     sock.close()
 
 
@@ -150,10 +149,8 @@ class TcpProxy:
             self._open.discard(src)
             self._open.discard(dst)
         for sock in (src, dst):
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             sock.close()
 
     def __enter__(self) -> Self:

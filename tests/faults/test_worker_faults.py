@@ -1,0 +1,200 @@
+"""Faults of the LLM workers: killed mid-shard, a shard delivered twice, a shard
+that kills every worker that runs it."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tasks.celery_app import SHARD, create_celery, llm_queue
+from tests.support.broker import QueuedMessage, deliver_again, queued, redeliverable
+from tests.support.invariants import (
+    INSTANT_MODEL,
+    Watch,
+    answered,
+    assert_invariants,
+    collect,
+    instant_requests,
+    job_view,
+    submit,
+    wait_terminal,
+)
+from tests.support.stack import Stack, Worker, wait_until
+from tests.support.webhook_receiver import WebhookReceiver
+
+pytestmark = pytest.mark.integration
+
+
+class Supervisor:
+    """Restarts a worker that died, as systemd would, but only once the message it
+    died holding can be redelivered: kombu puts a dead consumer's message back when
+    a consumer starts and finds it older than visibility_timeout_s (after that, it
+    looks again only every ~100 s, too slow for a test)."""
+
+    def __init__(self, worker: Worker, stack: Stack):
+        self.worker = worker
+        self.settings = stack.settings
+        self.deaths: list[tuple[float, int | None]] = []  # (when it was seen dead, exit code)
+        self._down = False
+
+    def __call__(self) -> None:
+        if self.worker.alive:
+            return
+        if not self._down:
+            self._down = True
+            assert self.worker.process is not None
+            self.deaths.append((time.monotonic(), self.worker.process.returncode))
+        if redeliverable(self.settings):
+            self.worker.start()
+            self.worker.wait_ready()
+            self._down = False
+
+
+def shard_deliveries(*workers: Worker) -> int:
+    return sum(len(re.findall(r"Task batch\.shard\[[^]]+\] received", w.log_text())) for w in workers)
+
+
+def test_kill_9_mid_shard_resumes_from_the_checkpoint(
+    make_stack: Callable[..., Stack], receiver: WebhookReceiver, instant_log: Path, report: Callable[..., None]
+) -> None:
+    # 30 ms a request: a 50-request shard runs for 1.5 s, long enough to kill it half-way.
+    stack = make_stack(delay_s=0.03, visibility_timeout_s=5)
+    size, every = stack.settings.shard_size, stack.settings.progress_every
+    requests = instant_requests(6 * size)
+    job_id = submit(stack, requests, receiver.url)
+
+    # One solo worker runs the shards one after another, so the engine's answer
+    # count says how far into the current shard it is. Kill it half-way through a
+    # shard after the first: part of that shard is checkpointed, part is not.
+    def half_way() -> bool:
+        n = sum(answered(instant_log).values())
+        return n >= size and 15 <= n % size <= 35
+
+    wait_until(half_way, 120, interval=0.02, what="a shard half done")
+    stack.llm.kill()  # SIGKILL: no chance to flush or to give the message back
+    killed_at = time.monotonic()
+    before_kill = answered(instant_log)
+    running = job_view(stack, job_id)
+    assert running["status"] == "in_progress"
+    assert 0 < running["progress"]["completed"] < len(requests)
+    shard = sum(before_kill.values()) // size
+    in_killed_shard = {r["custom_id"] for r in requests[shard * size : (shard + 1) * size]} & set(before_kill)
+
+    # The dead worker's message stays unacknowledged in Redis until it is
+    # visibility_timeout_s old; a new worker started after that takes it back.
+    wait_until(lambda: redeliverable(stack.settings), 60, what="the dead delivery to pass the visibility timeout")
+    stack.llm.start()
+    stack.llm.wait_ready()
+    watch = Watch()
+    done_at = wait_terminal(stack, job_id, watch)
+
+    outcome = collect(stack, job_id, requests, receiver, instant_log)
+    again = {c for c, n in answered(instant_log).items() if n > 1}
+    report(
+        "kill -9 LLM worker mid-shard",
+        outcome,
+        done_at - killed_at,
+        f"killed at {len(in_killed_shard)}/{size} of shard {shard}; checkpoint every {every}",
+    )
+    assert_invariants(outcome, requests, watch)
+    # Only what the killed run answered after its last checkpoint is answered again:
+    # at most progress_every - 1 results waiting for the next checkpoint, plus the one
+    # the engine had answered but the shard had not taken yet (the instant engine
+    # answers one at a time), or the progress_every results of a checkpoint whose
+    # write the kill interrupted. Never more than progress_every.
+    assert outcome.recomputed == len(again) <= every
+    assert again <= in_killed_shard
+    # ... and the rest of what it answered was resumed from the checkpoint, not redone.
+    assert len(in_killed_shard - again) >= every
+
+
+def test_the_same_shard_message_delivered_twice(
+    make_stack: Callable[..., Stack], receiver: WebhookReceiver, instant_log: Path, report: Callable[..., None]
+) -> None:
+    stack = make_stack(delay_s=0.02)
+    second = stack.add_worker("llm2", stack.llm)  # so a duplicate can run alongside its original
+    second.start()
+    second.wait_ready()
+    settings = stack.settings
+    size = settings.shard_size
+    requests = instant_requests(8 * size)
+    job_id = submit(stack, requests, receiver.url)
+    queue = llm_queue(settings, INSTANT_MODEL)
+
+    # A broker redelivery: a copy of the next waiting shard message (same task id,
+    # same chord), put where the next free worker takes it, just before the original.
+    def three_waiting() -> list[QueuedMessage] | None:
+        waiting = queued(settings, queue)
+        return waiting if len(waiting) >= 3 else None
+
+    waiting = wait_until(three_waiting, 60, interval=0.02, what="shards waiting in the queue")
+    copied = waiting[0]
+    assert copied.task == SHARD
+    deliver_again(settings, copied)
+    injected_at = time.monotonic()
+    # And the same shards sent again by name, outside the chord (an operator, or a
+    # re-drive racing the original): one that has run already, one not yet.
+    celery = create_celery(settings)
+    by_name = [celery.send_task(SHARD, args=[job_id, i], queue=queue) for i in (0, waiting[-1].args[1])]
+
+    watch = Watch()
+    done_at = wait_terminal(stack, job_id, watch)
+    summaries = [result.get(timeout=120) for result in by_name]
+    outcome = collect(stack, job_id, requests, receiver, instant_log)
+    runs = shard_deliveries(stack.llm, second)
+    report(
+        "same shard message delivered twice",
+        outcome,
+        done_at - injected_at,
+        f"shard {copied.args[1]} copied in the broker, shards 0 and {waiting[-1].args[1]} sent again by name; "
+        f"{runs} shard deliveries for 8 shards",
+    )
+    assert_invariants(outcome, requests, watch)
+    # Whatever ran twice reports the same shard: the summary the first run stored.
+    for summary in summaries:
+        assert summary["count"] == size and summary["succeeded"] == size
+    assert outcome.results_body["stats"]["successful"] == len(requests)
+    assert max(answered(instant_log).values()) <= 2
+
+
+def test_a_shard_that_kills_every_worker_gives_up_after_the_cap(
+    make_stack: Callable[..., Stack], receiver: WebhookReceiver, instant_log: Path, report: Callable[..., None]
+) -> None:
+    # progress_interval_s is out of the way so checkpoints fall every 10 results exactly.
+    stack = make_stack(shard_max_attempts=2, visibility_timeout_s=3, progress_interval_s=600)
+    size, every, cap = stack.settings.shard_size, stack.settings.progress_every, stack.settings.shard_max_attempts
+    poison = size + 25  # the 26th request of shard 1 kills the worker (exit 137, as the OOM killer would)
+    requests = instant_requests(4 * size, poison=[poison])
+    job_id = submit(stack, requests, receiver.url)
+
+    supervisor = Supervisor(stack.llm, stack)
+    watch = Watch()
+    done_at = wait_terminal(stack, job_id, watch, while_waiting=supervisor)
+
+    outcome = collect(stack, job_id, requests, receiver, instant_log)
+    first_crash = supervisor.deaths[0][0]
+    report(
+        "a shard that crashes every attempt",
+        outcome,
+        done_at - first_crash,
+        f"{len(supervisor.deaths)} worker deaths, cap {cap}; {len(outcome.errors)} shard_failed lines",
+    )
+    assert_invariants(outcome, requests, watch)
+    assert [code for _, code in supervisor.deaths] == [137] * cap
+
+    # The shard's requests checkpointed before the crash keep their answers; the rest,
+    # the poisoned one included, are error lines. The other shards are untouched.
+    shard_start = poison - poison % size
+    kept = shard_start + (poison - shard_start) // every * every
+    assert [e["custom_id"] for e in outcome.errors] == [r["custom_id"] for r in requests[kept : shard_start + size]]
+    assert set(outcome.error_codes) == {"shard_failed"}
+    assert len(outcome.results) == len(requests) - (shard_start + size - kept)
+    # Each crash after the first re-answers what the one before answered after its last checkpoint.
+    counts = answered(instant_log)
+    again = {c for c, n in counts.items() if n > 1}
+    assert again == {r["custom_id"] for r in requests[kept:poison]}
+    assert outcome.recomputed == (cap - 1) * (poison - kept)
