@@ -20,3 +20,18 @@ def upload(client: FlaskClient, data: bytes, model: str, **fields: Any) -> TestR
     # Encoded in memory: the test client's own encoder spills big bodies to a temp file it never closes.
     boundary, body = encode_multipart(form)
     return client.post("/v1/batch", data=body, content_type=f"multipart/form-data; boundary={boundary}")
+
+
+def error_of(response: TestResponse, status: int, type_: str) -> dict[str, Any]:
+    """Check the one error envelope and return its inner object."""
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/json"
+    body = response.get_json()
+    assert set(body) == {"error"}
+    error = body["error"]
+    assert set(error) == {"type", "message", "details"}
+    assert error["type"] == type_
+    assert isinstance(error["message"], str) and error["message"]
+    assert isinstance(error["details"], dict)
+    assert "Traceback" not in response.get_data(as_text=True)
+    return error

@@ -29,6 +29,7 @@ from batchsvc.services import Services
 from batchsvc.settings import Settings
 from batchsvc.shards import run_shard
 from tasks.celery_app import PREPARE, celery_priority, queue_keys
+from tests.support.client import error_of
 from tests.support.client import upload as seed_upload
 
 MODEL = "instant-test"
@@ -105,19 +106,6 @@ def new_batch(client: FlaskClient, data: bytes, **fields: Any) -> dict[str, Any]
     response = create_batch(client, upload_file(client, data)["id"], **fields)
     assert response.status_code == 200, response.get_data(as_text=True)
     return response.get_json()
-
-
-def error_of(response: TestResponse, status: int, type_: str) -> dict[str, Any]:
-    """Check the one error envelope and return its inner object."""
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.mimetype == "application/json"
-    body = response.get_json()
-    assert set(body) == {"error"}
-    error = body["error"]
-    assert set(error) == {"type", "message", "details"}
-    assert error["type"] == type_
-    assert isinstance(error["message"], str) and error["message"]
-    return error
 
 
 def fields_of(error: dict[str, Any]) -> set[str]:

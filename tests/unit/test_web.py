@@ -23,6 +23,7 @@ from batchsvc.services import Services
 from batchsvc.settings import Settings
 from batchsvc.shards import run_shard
 from tasks.celery_app import PREPARE, queue_keys
+from tests.support.client import error_of
 from tests.support.client import upload as post_upload
 
 MODEL = "instant-test"
@@ -64,21 +65,6 @@ def upload(client: FlaskClient, data: bytes, **fields: Any) -> TestResponse:
 def submit_url(client: FlaskClient, **fields: Any) -> TestResponse:
     body = {"model": MODEL, "input_file_url": "https://files.example.com/in.jsonl", **fields}
     return client.post("/v1/batch", json=body)
-
-
-def error_of(response: TestResponse, status: int, type_: str) -> dict[str, Any]:
-    """Check the one error envelope and return its inner object."""
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.mimetype == "application/json"
-    body = response.get_json()
-    assert set(body) == {"error"}
-    error = body["error"]
-    assert set(error) == {"type", "message", "details"}
-    assert error["type"] == type_
-    assert isinstance(error["message"], str) and error["message"]
-    assert isinstance(error["details"], dict)
-    assert "Traceback" not in response.get_data(as_text=True)
-    return error
 
 
 def named_fields(error: dict[str, Any]) -> set[str]:
