@@ -41,6 +41,7 @@ class EngineResult:
     prompt_tokens: int = 0
     latency_s: float = 0.0
     failure: RequestFailure | None = None
+    attempts: int = 1  # more than one when the engine failed it and it was run again
 
 
 class Engine(Protocol):
@@ -95,43 +96,58 @@ class VLLMEngine:
         from vllm.exceptions import VLLMClientError
 
         engine = self.llm.llm_engine
-        pending: dict[str, tuple[EngineRequest, float]] = {}
+        # internal request id -> (request, when queued, attempt). enqueue returns
+        # internal ids ("<n>-<random>"); outputs carry the external "<n>".
+        pending: dict[str, tuple[EngineRequest, float, int]] = {}
+        internal_of: dict[str, str] = {}
+
+        def add(request: EngineRequest, attempt: int) -> EngineResult | None:
+            try:
+                request_id = self._enqueue(request)
+            except (VLLMClientError, ValueError, TypeError, KeyError) as exc:
+                # The engine refused this request alone (e.g. prompt longer than
+                # max_model_len); the rest of the shard goes on.
+                return EngineResult(request.custom_id, None, failure=_failure_from(exc), attempts=attempt)
+            pending[request_id] = (request, time.monotonic(), attempt)
+            internal_of[request_id.rsplit("-", 1)[0]] = request_id
+            return None
+
         try:
             for request in requests:
-                try:
-                    request_id = self._enqueue(request)
-                except (VLLMClientError, ValueError, TypeError, KeyError) as exc:
-                    # The engine refused this request alone (e.g. prompt longer
-                    # than max_model_len); the rest of the shard goes on.
-                    yield EngineResult(request.custom_id, None, failure=_failure_from(exc))
-                    continue
-                pending[request_id] = (request, time.monotonic())
-            # enqueue returns internal ids ("<n>-<random>"); outputs carry the
-            # external id "<n>". Keep the internal ones for abort_request.
-            internal_of = {rid.rsplit("-", 1)[0]: rid for rid in pending}
+                if (refused := add(request, 1)) is not None:
+                    yield refused
             while pending and engine.has_unfinished_requests():
-                for output in engine.step():
+                finished: list[Any] = engine.step()
+                for output in finished:
                     internal = internal_of.get(output.request_id)
                     if not output.finished or internal not in pending:
                         continue
-                    request, queued = pending.pop(internal)
-                    yield self._result(request, output, time.monotonic() - queued)
-            for request, _ in pending.values():  # should not happen; never drop a request silently
-                yield EngineResult(
-                    request.custom_id, None, failure=RequestFailure("engine_error", "engine lost the request", 500)
-                )
+                    request, queued, attempt = pending.pop(internal)
+                    if any(c.finish_reason == "error" for c in output.outputs):
+                        # vLLM's "retryable request-level internal error": try again, a few times.
+                        if attempt < self.spec.request_max_attempts:
+                            if (refused := add(request, attempt + 1)) is not None:
+                                yield refused
+                            continue
+                        failure = RequestFailure("engine_error", f"the engine failed this request {attempt} times", 500)
+                        yield EngineResult(request.custom_id, None, failure=failure, attempts=attempt)
+                        continue
+                    yield self._result(request, output, time.monotonic() - queued, attempt)
+            for request, _, attempt in pending.values():  # should not happen; never drop a request silently
+                lost = RequestFailure("engine_error", "engine lost the request", 500)
+                yield EngineResult(request.custom_id, None, failure=lost, attempts=attempt)
             pending.clear()
         finally:
             if pending:  # the consumer stopped early (cancel, crash): free the engine for the next shard
                 engine.abort_request(list(pending), internal=True)
 
-    def _result(self, request: EngineRequest, output: Any, latency: float) -> EngineResult:
+    def _result(self, request: EngineRequest, output: Any, latency: float, attempt: int) -> EngineResult:
         top_k = int(engine_options(request.body, self.spec).sampling.get("logprobs", 0))
         choices = [
             Choice(c.index, c.text, c.finish_reason, len(c.token_ids), _token_logprobs(c, top_k))
             for c in sorted(output.outputs, key=_index)
         ]
-        return EngineResult(request.custom_id, choices, len(output.prompt_token_ids or ()), latency)
+        return EngineResult(request.custom_id, choices, len(output.prompt_token_ids or ()), latency, attempts=attempt)
 
     def close(self) -> None:
         del self.llm

@@ -33,6 +33,8 @@ class ModelSpec:
     default_max_tokens: int = 512
     # Used for estimated_completion before a job of this model has published progress.
     expected_req_per_sec: float = 5.0
+    # Runs of one request when vLLM finishes it with its retryable "error" reason.
+    request_max_attempts: int = 3
 
     @property
     def names(self) -> set[str]:

@@ -131,27 +131,40 @@ def completion_body(
     }
 
 
-def success_line(job_id: str, custom_id: str, body: dict[str, Any]) -> dict[str, Any]:
+def _with_attempts(line: dict[str, Any], attempts: int) -> dict[str, Any]:
+    # Beyond OpenAI's shape, and only when it says something: the request ran again.
+    if attempts > 1:
+        line["attempts"] = attempts
+    return line
+
+
+def success_line(job_id: str, custom_id: str, body: dict[str, Any], attempts: int = 1) -> dict[str, Any]:
     line_id, request_id = line_ids(job_id, custom_id)
-    return {
-        "id": line_id,
-        "custom_id": custom_id,
-        "response": {"status_code": 200, "request_id": request_id, "body": body},
-        "error": None,
-    }
+    return _with_attempts(
+        {
+            "id": line_id,
+            "custom_id": custom_id,
+            "response": {"status_code": 200, "request_id": request_id, "body": body},
+            "error": None,
+        },
+        attempts,
+    )
 
 
-def rejected_line(job_id: str, custom_id: str, failure: RequestFailure) -> dict[str, Any]:
+def rejected_line(job_id: str, custom_id: str, failure: RequestFailure, attempts: int = 1) -> dict[str, Any]:
     """The engine answered this request with an error (e.g. prompt too long)."""
     line_id, request_id = line_ids(job_id, custom_id)
     kind = "server_error" if failure.status_code >= 500 else "invalid_request_error"
     error = {"message": failure.message, "type": kind, "param": failure.param, "code": failure.code}
-    return {
-        "id": line_id,
-        "custom_id": custom_id,
-        "response": {"status_code": failure.status_code, "request_id": request_id, "body": {"error": error}},
-        "error": None,
-    }
+    return _with_attempts(
+        {
+            "id": line_id,
+            "custom_id": custom_id,
+            "response": {"status_code": failure.status_code, "request_id": request_id, "body": {"error": error}},
+            "error": None,
+        },
+        attempts,
+    )
 
 
 def not_run_line(job_id: str, custom_id: str, code: str, message: str) -> dict[str, Any]:

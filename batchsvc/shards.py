@@ -59,7 +59,7 @@ def read_checkpoint(storage: Storage, job_id: str, index: int) -> tuple[dict[str
 def result_line(job_id: str, model: str, request: EngineRequest, result: EngineResult) -> dict:
     if result.failure is not None or result.choices is None:
         failure = result.failure or outputs.RequestFailure("engine_error", "no output", 500)
-        return outputs.rejected_line(job_id, request.custom_id, failure)
+        return outputs.rejected_line(job_id, request.custom_id, failure, result.attempts)
     body = outputs.completion_body(
         url=request.url,
         job_id=job_id,
@@ -68,7 +68,7 @@ def result_line(job_id: str, model: str, request: EngineRequest, result: EngineR
         choices=result.choices,
         prompt_tokens=result.prompt_tokens,
     )
-    return outputs.success_line(job_id, request.custom_id, body)
+    return outputs.success_line(job_id, request.custom_id, body, result.attempts)
 
 
 class ShardRun:
