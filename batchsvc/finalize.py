@@ -17,6 +17,7 @@ from batchsvc.files import FileRecord, derived_file_id
 from batchsvc.jobs import Job, JobStatus
 from batchsvc.lifecycle import EXPIRED_CODE, final_status
 from batchsvc.manifest import Manifest, ShardSummary
+from batchsvc.recovery import save_job_record
 from batchsvc.services import Services
 from batchsvc.shards import iter_lines
 from batchsvc.storage import Storage
@@ -101,6 +102,7 @@ def finalize_job(svc: Services, job_id: str) -> Job:
         error_file_id=error_file.id,
         estimated_completion=None,
     )
+    save_job_record(svc, job_id)
     job = svc.jobs.get(job_id)
     if job.status is JobStatus.COMPLETED and job.started_at is not None and now > job.started_at and stats.total:
         svc.jobs.record_model_rate(job.model, stats.total / (now - job.started_at))

@@ -103,6 +103,13 @@ class Job:
             if getattr(self, f.name) is not None
         }
 
+    def to_json(self) -> bytes:
+        return orjson.dumps({f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)})
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Job:
+        return cls.from_fields({k.encode(): orjson.dumps(v) for k, v in orjson.loads(data).items() if v is not None})
+
     @classmethod
     def from_fields(cls, raw: dict[bytes, bytes]) -> Job:
         names = {f.name for f in dataclasses.fields(cls)}
@@ -180,7 +187,8 @@ class JobStore:
         pipe = self.redis.pipeline()
         pipe.hset(self._key(job.id), mapping=job.to_fields())
         pipe.zadd(self._index_key, {job.id: job.created_at})
-        pipe.sadd(self._active_key, job.id)
+        if not job.status.terminal:
+            pipe.sadd(self._active_key, job.id)
         pipe.execute()
         return job
 

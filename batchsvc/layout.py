@@ -12,6 +12,11 @@ def input_key(job_id: str) -> str:
     return f"jobs/{job_id}/input.jsonl"
 
 
+def job_record_key(job_id: str) -> str:
+    """A copy of the job record, so a job can be rebuilt if Redis loses it."""
+    return f"jobs/{job_id}/job.json"
+
+
 def manifest_key(job_id: str) -> str:
     return f"jobs/{job_id}/manifest.json"
 

@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from batchsvc import layout
-from batchsvc.errors import ErrorType, ServiceError
-from batchsvc.jobs import Job, JobStatus
-from batchsvc.manifest import Manifest
+from batchsvc.errors import ErrorType, JobNotFound, ServiceError
+from batchsvc.jobs import Counts, Job, JobStatus
+from batchsvc.manifest import Manifest, ShardSummary
 from batchsvc.services import Services
 from batchsvc.storage import ObjectNotFound
 
@@ -73,3 +73,36 @@ def redrive(svc: Services, job_id: str, send: Callable[[Redrive], None]) -> Redr
         svc.jobs.update(job_id, last_progress_at=time.time())  # the next sweep waits a full period again
         send(plan)
     return plan
+
+
+def save_job_record(svc: Services, job_id: str) -> None:
+    """Copy the job record to storage (at submit and when the job ends)."""
+    job = svc.jobs.get(job_id)
+    svc.storage.put_bytes(layout.job_record_key(job_id), job.to_json(), "application/json")
+
+
+def rebuild_job(svc: Services, job_id: str) -> Job:
+    """Recreate a job Redis lost, from its record copy, manifest and shard
+    summaries in storage. An active job comes back in_progress with the counts
+    of its finished shards, ready to be re-driven."""
+    try:
+        job = Job.from_json(svc.storage.get_bytes(layout.job_record_key(job_id)))
+    except ObjectNotFound:
+        raise JobNotFound(job_id) from None
+    if not job.status.terminal:
+        try:
+            manifest = Manifest.load(svc.storage, job_id)
+        except ObjectNotFound:
+            job.status = JobStatus.QUEUED  # never sharded: prepare runs again
+        else:
+            job.status = JobStatus.IN_PROGRESS if job.status is not JobStatus.CANCELLING else job.status
+            job.total, job.shard_count = manifest.total, len(manifest.shards)
+            for shard in manifest.shards:
+                try:
+                    summary = ShardSummary.load(svc.storage, job_id, shard.index)
+                except ObjectNotFound:
+                    continue
+                counts = Counts(summary.succeeded, summary.failed, summary.prompt_tokens, summary.completion_tokens)
+                svc.jobs.record_shard_progress(job_id, shard.index, counts)
+    svc.jobs.create(job)
+    return job

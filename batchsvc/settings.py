@@ -90,6 +90,10 @@ class Settings:
     webhook_max_attempts: int = 8
     webhook_backoff_s: float = 2.0
     webhook_backoff_max_s: float = 600.0
+    # Space-separated `whsec_` secrets, newest first. Each adds one signature to every
+    # webhook, so during a rotation receivers holding either secret verify. Empty sends
+    # webhooks unsigned (one warning per worker). One tenant ("default") until tenants arrive.
+    webhook_secrets: str = ""
 
     # --- Operations ---
     sentry_dsn: str | None = None

@@ -13,6 +13,7 @@ from batchsvc.errors import ErrorType, ServiceError
 from batchsvc.files import FileRecord, new_file_id
 from batchsvc.jobs import Counts, Job, job_error, new_job_id
 from batchsvc.progress import estimate_completion
+from batchsvc.recovery import save_job_record
 from batchsvc.services import Services
 from batchsvc.storage import ObjectNotFound
 
@@ -158,6 +159,7 @@ def submit_job(
         now=job.created_at, total=job.total, counts=Counts(), started_at=None, fallback_req_per_sec=fallback
     )
     svc.jobs.create(job)
+    save_job_record(svc, job.id)
     try:
         enqueue(job.id)
     except Exception as exc:  # the broker is the one thing we cannot do without here

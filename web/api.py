@@ -13,7 +13,7 @@ from batchsvc.errors import ErrorType, JobNotFound, ServiceError
 from batchsvc.jobs import Job, JobStatus
 from batchsvc.lifecycle import cancel_job
 from batchsvc.partial import finished_lines
-from batchsvc.recovery import plan_redrive
+from batchsvc.recovery import plan_redrive, rebuild_job
 from batchsvc.services import Services
 from batchsvc.storage import InvalidDownloadToken, LocalStorage, ObjectNotFound
 from batchsvc.submit import submit_job
@@ -236,7 +236,10 @@ def retry_batch(job_id: str) -> tuple[Response, int]:
     """Re-drive what a job is missing (lost shards, a lost finalize): the same
     as the sweeper does for stalled jobs, now, for this one job."""
     svc = services()
-    job = svc.jobs.get(job_id)
+    try:
+        job = svc.jobs.get(job_id)
+    except JobNotFound:
+        job = rebuild_job(svc, job_id)  # Redis lost it: storage still knows it (or this is a 404 too)
     if job.status.terminal:
         raise ServiceError(ErrorType.CONFLICT, f"job is {job.status.value}; nothing to retry", {"job_id": job_id})
     plan = plan_redrive(svc, job)
