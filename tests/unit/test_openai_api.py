@@ -418,6 +418,69 @@ def test_a_batch_failing_validation_has_errors_naming_the_line(app: Flask, clien
     assert batch["output_file_id"] is None
 
 
+def _line(custom_id: object = "x", **overrides: Any) -> bytes:
+    line: dict[str, Any] = {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": MODEL, "messages": [{"role": "user", "content": "rate this candidate"}]},
+    }
+    line.update(overrides)
+    return orjson.dumps({k: v for k, v in line.items() if v is not None}) + b"\n"
+
+
+# Each bad-input kind, after one good first line: (settings overrides, file, line at fault, code).
+BAD_INPUT_KINDS = {
+    "not JSON": ({}, b'{"custom_id": "b", "method": \n', 2, "invalid_json"),
+    "not an object": ({}, b"[1, 2, 3]\n", 2, "not_an_object"),
+    "missing custom_id": ({}, _line(custom_id=None), 2, "missing_custom_id"),
+    "empty custom_id": ({}, _line(custom_id=""), 2, "invalid_custom_id"),
+    "duplicate custom_id": ({}, _line("b") + _line("b"), 3, "duplicate_custom_id"),
+    "wrong method": ({}, _line("b", method="GET"), 2, "invalid_method"),
+    "unsupported url": ({}, _line("b", url="/v1/embeddings"), 2, "unsupported_url"),
+    "another endpoint than the batch's": ({}, _line("b", url="/v1/completions"), 2, "unsupported_url"),
+    "body not matching the endpoint": ({}, _line("b", body={"model": MODEL, "prompt": "hi"}), 2, "invalid_body"),
+    "over the line limit": (
+        {"max_line_bytes": 400},
+        _line("b", body={"model": MODEL, "messages": [{"role": "user", "content": "x" * 500}]}),
+        2,
+        "line_too_long",
+    ),
+    "invalid UTF-8": ({}, b'{"custom_id": "b\xff\xfe"}\n', 2, "invalid_utf8"),
+    "over the count limit": ({"max_lines": 2}, _line("b") + _line("c"), None, "too_many_lines"),
+    "over the size limit": ({"max_file_bytes": 300}, _line("b") + _line("c"), None, "file_too_large"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_INPUT_KINDS))
+def test_each_bad_input_kind_fails_the_batch_naming_the_line_and_runs_nothing(
+    make_app: Any, services: Services, kind: str
+) -> None:
+    overrides, rest, line, code = BAD_INPUT_KINDS[kind]
+    uploading = make_app().test_client()  # uploads under the default limits...
+    file_id = upload_file(uploading, _line("a") + rest)["id"]
+    app = make_app(**overrides)  # ...and the batch is validated under the test's
+    client = app.test_client()
+    batch_id = create_batch(client, file_id).get_json()["id"]
+    assert prepare_job(app.extensions["batchsvc"], batch_id) is None
+
+    batch = client.get(f"/v1/batches/{batch_id}").get_json()
+    assert batch["status"] == "failed"
+    [error] = batch["errors"]["data"]
+    assert (error["line"], error["code"]) == (line, code)
+    assert error["message"]
+    assert batch["request_counts"] == {"total": 0, "completed": 0, "failed": 0}
+    assert [o.key for o in services.storage.list(f"jobs/{batch_id}/shards/")] == []  # nothing ran
+
+
+def test_an_empty_file_fails_the_batch(app: Flask, client: FlaskClient, services: Services) -> None:
+    batch_id = new_batch(client, b"", metadata={"model": MODEL})["id"]
+    assert prepare_job(app.extensions["batchsvc"], batch_id) is None
+    batch = client.get(f"/v1/batches/{batch_id}").get_json()
+    assert batch["status"] == "failed"
+    assert [(e["line"], e["code"]) for e in batch["errors"]["data"]] == [(None, "empty_file")]
+
+
 @pytest.mark.parametrize(
     ("status", "shown", "finished_at"),
     [
