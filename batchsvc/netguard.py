@@ -23,6 +23,7 @@ such as a local MinIO or a test receiver.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ReadTimeoutError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -41,8 +43,12 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 _METADATA = {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")}
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
+_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052: the IPv4 address is the last 32 bits
 _NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215: site-local translation
+# Letters, digits and the punctuation of names and IP literals (`%` for an IPv6 zone). Anything
+# else (spaces above all: inet_aton stops reading at one) is no host we want to talk to.
+_HOST_CHARS = re.compile(r"[a-z0-9._:%-]+")
 
 
 class OutboundError(Exception):
@@ -113,10 +119,11 @@ class Target:
 
 def refusal(address: IPAddress) -> str | None:
     """Why `address` may not be contacted ("a private address"), or None if it is public."""
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
+        address = ipaddress.IPv6Address(str(address).split("%")[0])
     if address in _METADATA:
         return "a cloud metadata address"
     if isinstance(address, ipaddress.IPv6Address):
-        address = ipaddress.ip_address(address.compressed.split("%")[0])  # drop any scope id
         embedded = _embedded_ipv4(address)
         if embedded is not None:
             # The IPv4 address decides: ::ffff:8.8.8.8 is as public as 8.8.8.8.
@@ -134,10 +141,12 @@ def refusal(address: IPAddress) -> str | None:
         return "a multicast address"
     if address in _CGNAT:
         return "a shared (CGNAT) address"
-    if address.is_private:
-        return "a private address"
+    if address == _BROADCAST:
+        return "a broadcast address"
     if address.is_reserved:
         return "a reserved address"
+    if address.is_private:
+        return "a private address"
     if not address.is_global:
         return "a non-public address"
     return None
@@ -181,7 +190,8 @@ def resolve(host: str, port: int) -> list[IPAddress]:
 
 
 def vet(url: str, allow: Allowlist | None = None) -> Target:
-    """Check `url` against the rules; returns where to connect, or raises BlockedURL."""
+    """Check `url` against the rules; returns where to connect. Raises BlockedURL for a refusal,
+    OutboundError when the host does not resolve (which may pass)."""
     allow = allow or Allowlist()
     try:
         parts = urlsplit(url)
@@ -199,7 +209,9 @@ def vet(url: str, allow: Allowlist | None = None) -> Target:
     try:
         host = raw_host.encode("idna").decode("ascii")
     except UnicodeError:
-        raise BlockedURL("the URL's host is not a valid name") from None
+        host = ""
+    if not _HOST_CHARS.fullmatch(host):
+        raise BlockedURL("the URL's host is not a valid name")
     explicit_port = port is not None
     port = port if port is not None else _DEFAULT_PORTS[scheme]
     path = parts.path or "/"
@@ -212,7 +224,8 @@ def vet(url: str, allow: Allowlist | None = None) -> Target:
         for address in addresses:
             reason = None if allow.admits_address(address) else refusal(address)
             if reason:
-                raise BlockedURL(f"host {raw_host} resolves to {reason}")
+                verb = "is" if literal is not None else "resolves to"
+                raise BlockedURL(f"host {raw_host} {verb} {reason}")
     return Target(scheme, host, port, explicit_port, path, addresses[0])
 
 
@@ -294,7 +307,8 @@ def _describe(exc: requests.RequestException, host: str | None) -> str:
     where = f" {host}" if host else ""
     if isinstance(exc, requests.ConnectTimeout):
         return f"timed out connecting to{where or ' the host'}"
-    if isinstance(exc, requests.Timeout) or "timed out" in str(exc).lower():
+    # A read timeout while streaming the body reaches us as a ConnectionError around urllib3's.
+    if isinstance(exc, requests.Timeout) or (exc.args and isinstance(exc.args[0], ReadTimeoutError)):
         return f"timed out waiting for{where or ' the host'}"
     if isinstance(exc, requests.exceptions.SSLError):
         return f"TLS with{where or ' the host'} failed (certificate or handshake)"
@@ -305,7 +319,7 @@ def _describe(exc: requests.RequestException, host: str | None) -> str:
 
 def _looks_like_hostname(entry: str) -> bool:
     labels = entry.rstrip(".").split(".")
-    return all(label and len(label) <= 63 and label.replace("-", "").isalnum() for label in labels)
+    return all(label and len(label) <= 63 and label.replace("-", "").replace("_", "").isalnum() for label in labels)
 
 
 __all__ = [

@@ -13,6 +13,7 @@ from batchsvc import layout
 from batchsvc.fetch import FetchError, fetch_to_storage
 from batchsvc.jobs import JobStatus, job_error
 from batchsvc.manifest import Manifest, ShardInfo
+from batchsvc.netguard import Allowlist
 from batchsvc.services import Services
 from batchsvc.storage import ObjectNotFound, Storage
 from batchsvc.validation import DEFAULT_SUPPORTED_URLS, BatchRequest, BatchValidator
@@ -101,6 +102,7 @@ def prepare_job(svc: Services, job_id: str) -> Manifest | None:
                 input_key,
                 max_bytes=settings.max_file_bytes,
                 timeout=settings.fetch_timeout_s,
+                allow=Allowlist.parse(settings.outbound_allowlist),
             )
         except FetchError as exc:
             fail_job(svc, job_id, [job_error("fetch_failed", str(exc), "input_file_url")], 1)

@@ -78,6 +78,10 @@ class Settings:
     max_line_bytes: int = 1024 * 1024
     max_errors_reported: int = 100
     fetch_timeout_s: float = 30.0
+    # Comma-separated hosts or CIDRs that input_file_url and webhook_url may reach although they
+    # are not public (the local MinIO, a demo or test receiver: "127.0.0.1, minio, 10.8.0.0/16").
+    # Everything else must resolve to public addresses only (batchsvc/netguard.py). Empty by default.
+    outbound_allowlist: str = ""
 
     # --- Execution ---
     models_file: str = "configs/models.yaml"

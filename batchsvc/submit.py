@@ -12,6 +12,7 @@ from batchsvc import layout
 from batchsvc.errors import ErrorType, ServiceError
 from batchsvc.files import FileRecord, new_file_id
 from batchsvc.jobs import Counts, Job, job_error, new_job_id
+from batchsvc.netguard import Allowlist, BlockedURL, OutboundError, vet
 from batchsvc.progress import estimate_completion
 from batchsvc.recovery import save_job_record
 from batchsvc.services import Services
@@ -69,6 +70,24 @@ def window_seconds(window: str) -> int:
     return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
+def _refuse_blocked_urls(svc: Services, **urls: str | None) -> None:
+    """Refuse at submit what the fetch or the webhook would refuse later (SSRF
+    rules in batchsvc/netguard.py). A host that does not resolve now is left
+    for later: it may be a network blip."""
+    allow = Allowlist.parse(svc.settings.outbound_allowlist)
+    for field, url in urls.items():
+        if url is None:
+            continue
+        try:
+            vet(url, allow)
+        except BlockedURL as exc:
+            raise ServiceError(
+                ErrorType.VALIDATION, f"{field} refused: {exc}", {"fields": {field: [str(exc)]}}
+            ) from None
+        except OutboundError:
+            pass
+
+
 def store_upload(svc: Services, stream: IO[bytes], filename: str, purpose: str = "batch") -> FileRecord:
     """Store an uploaded input file (OpenAI Files API) under the same byte cap as
     a /v1/batch upload; past it, nothing is stored."""
@@ -124,6 +143,7 @@ def submit_job(
             "give exactly one of input_file_url or file",
             {"fields": {"input_file_url": ["give this or a file, not both"]}},
         )
+    _refuse_blocked_urls(svc, input_file_url=input_url, webhook_url=webhook_url)
     spec = svc.models.get(model)
     if spec is None:
         raise ServiceError(

@@ -24,9 +24,9 @@ from secrets import token_bytes
 from typing import Any
 
 import orjson
-import requests
 
-from batchsvc import __version__
+from batchsvc import __version__, netguard
+from batchsvc.netguard import Allowlist
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,10 @@ _MIN_KEY_BYTES = 24  # the spec asks for 24 to 64 random bytes
 
 class WebhookError(Exception):
     """This attempt failed; the caller decides whether to try again."""
+
+
+class WebhookBlocked(WebhookError):
+    """netguard refused the URL (not public, bad scheme, a redirect): retrying cannot help."""
 
 
 class WebhookVerificationError(Exception):
@@ -144,8 +148,13 @@ def _add_signature(headers: dict[str, str], secrets: Sequence[str], body: bytes)
     )
 
 
-def deliver(url: str, body: bytes, msg_id: str, *, timeout: float, secrets: Sequence[str] = ()) -> int:
-    """POST once; returns the status code on 2xx, raises WebhookError otherwise."""
+def deliver(
+    url: str, body: bytes, msg_id: str, *, timeout: float, secrets: Sequence[str] = (), allow: Allowlist | None = None
+) -> int:
+    """POST once; returns the status code on 2xx, raises WebhookError otherwise.
+
+    The URL goes through netguard (public addresses only unless `allow` admits them,
+    no redirects); a refusal raises WebhookBlocked, which no retry can fix."""
     headers = {
         "Content-Type": "application/json",
         "User-Agent": f"batchsvc/{__version__}",
@@ -154,9 +163,13 @@ def deliver(url: str, body: bytes, msg_id: str, *, timeout: float, secrets: Sequ
     }
     _add_signature(headers, secrets, body)
     try:
-        response = requests.post(url, data=body, headers=headers, timeout=timeout, allow_redirects=False)
-    except requests.RequestException as exc:
-        raise WebhookError(f"{type(exc).__name__} posting to the webhook") from None
-    if not 200 <= response.status_code < 300:
-        raise WebhookError(f"webhook answered HTTP {response.status_code}")
-    return response.status_code
+        # The receiver's body is never read: closing the response drops it.
+        with netguard.request("POST", url, allow=allow, timeout=timeout, headers=headers, data=body) as response:
+            status = response.status_code
+    except netguard.BlockedURL as exc:
+        raise WebhookBlocked(f"webhook_url refused: {exc}") from None
+    except netguard.OutboundError as exc:
+        raise WebhookError(f"posting to the webhook failed: {exc}") from None
+    if not 200 <= status < 300:
+        raise WebhookError(f"webhook answered HTTP {status}")
+    return status

@@ -15,6 +15,7 @@ from celery import Task, chord
 from batchsvc import webhooks
 from batchsvc.finalize import finalize_job
 from batchsvc.jobs import Job, JobStatus, job_error
+from batchsvc.netguard import Allowlist
 from batchsvc.prepare import prepare_job
 from batchsvc.recovery import Redrive, redrive, stalled_jobs
 from batchsvc.services import current_services
@@ -164,7 +165,19 @@ def webhook(self: Task, job_id: str) -> str:
     body = webhooks.payload(job_id, job.status.value, job.stats, results_url)
     msg_id = webhooks.delivery_id(job_id, job.status.value)
     try:
-        webhooks.deliver(job.webhook_url, body, msg_id, timeout=settings.webhook_timeout_s)
+        webhooks.deliver(
+            job.webhook_url,
+            body,
+            msg_id,
+            timeout=settings.webhook_timeout_s,
+            secrets=settings.webhook_secrets.split(),
+            allow=Allowlist.parse(settings.outbound_allowlist),
+        )
+    except webhooks.WebhookBlocked as exc:
+        # The URL is refused (private address, redirect): retrying cannot help.
+        log.warning("webhook for %s refused, not retried: %s", job_id, exc)
+        svc.jobs.update(job_id, webhook_status="failed")
+        return "failed"
     except webhooks.WebhookError as exc:
         attempt = self.request.retries + 1
         if attempt >= settings.webhook_max_attempts:

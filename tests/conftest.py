@@ -7,6 +7,7 @@ unique to the test session.
 
 from __future__ import annotations
 
+import base64
 import os
 import uuid
 from collections.abc import Iterator
@@ -21,6 +22,8 @@ from batchsvc.settings import PROJECT_ROOT, Settings, load_settings
 
 REDIS_BASE = os.environ.get("BATCHSVC_TEST_REDIS", "redis://127.0.0.1:6379")
 TEST_MODELS_FILE = PROJECT_ROOT / "tests" / "models.yaml"
+# Webhooks in tests are signed, so receivers in tests can verify them.
+TEST_WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"batchsvc test webhook secret 32b").decode()
 
 
 def make_settings(tmp_path: Path, **overrides: object) -> Settings:
@@ -36,6 +39,9 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
         "models_file": str(TEST_MODELS_FILE),
         "signing_secret": "test-signing-secret",
         "schedule_file": str(tmp_path / "no-schedule.yaml"),
+        "webhook_secrets": TEST_WEBHOOK_SECRET,
+        # Test receivers and file servers listen on loopback, which the SSRF guard refuses otherwise.
+        "outbound_allowlist": "127.0.0.1",
     }
     values.update(overrides)
     return load_settings(environ={}, **values)

@@ -172,7 +172,8 @@ def test_a_bad_line_fails_the_batch_naming_it_and_runs_nothing(
     assert final.request_counts is not None
     assert (final.request_counts.completed, final.request_counts.failed) == (0, 0)
     assert final.output_file_id is None and final.error_file_id is None
-    assert list(s3_stack.storage.list(layout.job_prefix(batch.id))) == []  # no shard was cut: nothing ran
+    # Only the job record's copy: no shard was cut, nothing ran.
+    assert [i.key for i in s3_stack.storage.list(layout.job_prefix(batch.id))] == [layout.job_record_key(batch.id)]
 
 
 def test_bad_requests_raise_the_clients_typed_errors_with_our_messages(client: openai.OpenAI, tmp_path: Path) -> None:

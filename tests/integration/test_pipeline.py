@@ -12,6 +12,8 @@ import orjson
 import pytest
 
 from batchsvc import layout
+from batchsvc.webhooks import verify
+from tests.conftest import TEST_WEBHOOK_SECRET
 from tests.support.client import upload
 from tests.support.examples import score_schema, write_candidates
 from tests.support.http import LoopbackHTTPServer
@@ -82,6 +84,7 @@ def test_thousand_line_job_from_url_to_s3_with_webhook(
     assert payload["stats"]["successful"] == 1000
     assert_scored(lines_of(fetch(payload["results_url"])), requests)
     assert hooks[0].headers["webhook-id"].startswith("msg_")
+    verify([TEST_WEBHOOK_SECRET], hooks[0].headers, hooks[0].body)  # signed, to the Standard Webhooks spec
 
 
 def test_bad_line_fails_the_job_with_its_line_number_and_runs_nothing(s3_stack: Stack, tmp_path: Path) -> None:
@@ -97,7 +100,7 @@ def test_bad_line_fails_the_job_with_its_line_number_and_runs_nothing(s3_stack: 
     assert [(e["line"], e["code"]) for e in job["errors"]] == [(3, "invalid_method")]
     assert job["progress"]["completed"] == job["progress"]["failed"] == 0
     keys = [i.key for i in s3_stack.storage.list(layout.job_prefix(job_id))]
-    assert keys == [layout.input_key(job_id)]  # no shard, no output: nothing ran
+    assert keys == [layout.input_key(job_id), layout.job_record_key(job_id)]  # no shard, no output: nothing ran
     conflict = s3_stack.client.get(f"/v1/batch/{job_id}/results")
     assert conflict.status_code == 409
     assert conflict.get_json()["error"]["type"] == "conflict"

@@ -496,3 +496,15 @@ def test_metrics_report_the_queue_depth(client: FlaskClient, settings: Settings)
     after = client.get("/metrics").get_data(as_text=True)
     assert f'batchsvc_queue_depth{{queue="{settings.cpu_queue}"}} 2.0' in after
     assert "batchsvc_jobs_total 2.0" in after
+
+
+@pytest.mark.parametrize(
+    ("field", "url"),
+    [("input_file_url", "http://169.254.169.254/latest/meta-data"), ("webhook_url", "http://10.0.0.1/hook")],
+)
+def test_urls_the_ssrf_guard_refuses_are_422_at_submit(make_app: Any, services: Services, field: str, url: str) -> None:
+    client = make_app(outbound_allowlist="").test_client()
+    body = {"model": MODEL, "input_file_url": "https://files.example.com/in.jsonl", field: url}
+    error = error_of(client.post("/v1/batch", json=body), 422, "validation_error")
+    assert field in error["details"]["fields"]
+    assert services.jobs.list_ids() == []
