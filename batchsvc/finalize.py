@@ -30,7 +30,7 @@ class MergeStats(outputs.Tally):
     expired: int = 0  # requests that never ran because the completion window ended
 
     def to_dict(self) -> dict[str, Any]:
-        avg = round(self.latency_sum / self.succeeded, 4) if self.succeeded else None
+        avg = round(self.latency_sum / self.latency_count, 4) if self.latency_count else None
         return {
             "total": self.total,
             "successful": self.succeeded,
@@ -47,7 +47,9 @@ def merge_outputs(storage: Storage, manifest: Manifest, results_path: Path, erro
     with results_path.open("wb") as results, errors_path.open("wb") as errors:
         for shard in manifest.shards:
             summary = ShardSummary.load(storage, manifest.job_id, shard.index)
-            stats.latency_sum += summary.latency_sum  # latencies live in the summaries, not the lines
+            # Latencies live in the summaries, not the lines.
+            stats.latency_sum += summary.latency_sum
+            stats.latency_count += summary.latency_count
             for raw in iter_lines(storage, summary.output_key):
                 line = orjson.loads(raw)
                 if stats.add(line):

@@ -39,6 +39,12 @@ def shard_part_key(job_id: str, index: int, seq: int, run: str) -> str:
     return f"{shard_parts_prefix(job_id, index)}{seq:06d}-{run}.jsonl"
 
 
+def shard_refunds_prefix(job_id: str, index: int) -> str:
+    """Starts of the shard that an outage ended, recorded in storage when Redis,
+    where starts are counted, was the thing down."""
+    return f"{_shard(job_id, index)}/refunds/"
+
+
 def shard_output_key(job_id: str, index: int) -> str:
     return f"{_shard(job_id, index)}/output.jsonl"
 

@@ -55,7 +55,8 @@ class ShardSummary:
     failed: int
     prompt_tokens: int
     completion_tokens: int
-    latency_sum: float  # seconds, over requests the engine answered
+    latency_sum: float  # seconds, over requests this run's engine answered
+    latency_count: int  # how many those are: a resumed shard's checkpointed lines have no latency
     sha256: str  # of the shard output object
 
     def to_dict(self) -> dict[str, object]:

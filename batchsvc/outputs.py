@@ -182,8 +182,9 @@ class Tally:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_sum: float = 0.0  # seconds, over the successes whose latency is known
+    latency_count: int = 0  # ... and how many those are (not lines read back from a checkpoint)
 
-    def add(self, line: dict[str, Any], latency: float = 0.0) -> bool:
+    def add(self, line: dict[str, Any], latency: float | None = None) -> bool:
         """Count one line; True if it is a success."""
         if not is_success(line):
             self.failed += 1
@@ -192,7 +193,9 @@ class Tally:
         p, c = usage_of(line)
         self.prompt_tokens += p
         self.completion_tokens += c
-        self.latency_sum += latency
+        if latency is not None:
+            self.latency_sum += latency
+            self.latency_count += 1
         return True
 
     @property

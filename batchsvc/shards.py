@@ -102,7 +102,7 @@ class ShardRun:
         # A checkpoint is also where a running shard notices a cancel or an expiry.
         self._stop = stop_reason(self.svc.jobs.get(self.job_id))
 
-    def _accept_line(self, custom_id: str, line: dict, latency: float = 0.0) -> None:
+    def _accept_line(self, custom_id: str, line: dict, latency: float | None = None) -> None:
         raw = orjson.dumps(line)
         self.done[custom_id] = raw
         self._buffer.append(raw)
@@ -169,6 +169,7 @@ class ShardRun:
             prompt_tokens=self.tally.prompt_tokens,
             completion_tokens=self.tally.completion_tokens,
             latency_sum=round(self.tally.latency_sum, 6),
+            latency_count=self.tally.latency_count,
             sha256=digest.hexdigest(),
         )
         summary.save(self.storage)

@@ -7,18 +7,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import uuid
 from datetime import timedelta
 
 import redis.exceptions
 from celery import Task, chord
 
-from batchsvc import webhooks
+from batchsvc import layout, webhooks
 from batchsvc.finalize import finalize_job
 from batchsvc.jobs import Job, JobStatus, job_error
 from batchsvc.netguard import Allowlist
 from batchsvc.prepare import prepare_job
 from batchsvc.recovery import Redrive, redrive, stalled_jobs
-from batchsvc.services import current_services
+from batchsvc.services import Services, current_services
 from batchsvc.settings import get_settings
 from batchsvc.shards import give_up_shard, run_shard
 from batchsvc.storage import StorageUnavailable
@@ -115,25 +116,43 @@ def prepare(self: Task, job_id: str) -> int:
 def shard(self: Task, job_id: str, index: int) -> dict:
     svc = current_services()
     cap = svc.settings.shard_max_attempts
-    attempt = svc.jobs.shard_attempt(job_id, index)
-    if attempt > cap:
-        # Earlier deliveries died with their worker (OOM, a crash in the engine):
-        # answer the rest with error lines instead of killing more workers.
-        log.error("shard %s/%d started %d times; giving up its remaining requests", job_id, index, attempt - 1)
-        return give_up_shard(svc, job_id, index, f"shard failed {attempt - 1} times").to_dict()
+    counted, attempt = False, 0
     try:
+        attempt = svc.jobs.shard_attempt(job_id, index)
+        counted = True
+        attempt -= _refunds(svc, job_id, index)
+        if attempt > cap:
+            # Earlier deliveries died with their worker (OOM, a crash in the engine):
+            # answer the rest with error lines instead of killing more workers.
+            log.error("shard %s/%d started %d times; giving up its remaining requests", job_id, index, attempt - 1)
+            return give_up_shard(svc, job_id, index, f"shard failed {attempt - 1} times").to_dict()
         return run_shard(svc, job_id, index).to_dict()
     except TRANSIENT as exc:
-        # Storage or Redis blinked: not the shard's fault, so it does not count,
-        # and the checkpoint keeps the work done so far.
-        with contextlib.suppress(*TRANSIENT):
-            svc.jobs.shard_attempt(job_id, index, -1)
+        # Storage or Redis blinked: not the shard's fault, so this start does not
+        # count, and the checkpoint keeps the work done so far.
+        if counted:
+            _refund(svc, job_id, index)
         raise self.retry(exc=exc, countdown=_backoff(self.request.retries + 1)) from None
     except Exception as exc:
         # The engine failed on this shard (a crash, a bug, a time limit). Try
-        # again up to the cap; the attempt after that gives up (above).
+        # again up to the cap; the start after that gives up (above).
         log.warning("shard %s/%d attempt %d of %d failed: %r", job_id, index, attempt, cap, exc)
         raise self.retry(exc=exc, countdown=_backoff(attempt)) from None
+
+
+def _refund(svc: Services, job_id: str, index: int) -> None:
+    """Take back a start an outage ended: in Redis, or, when Redis is what is
+    down, as a marker in storage that the next start subtracts."""
+    try:
+        svc.jobs.shard_attempt(job_id, index, -1)
+    except TRANSIENT:
+        with contextlib.suppress(*TRANSIENT):
+            marker = layout.shard_refunds_prefix(job_id, index) + uuid.uuid4().hex
+            svc.storage.put_bytes(marker, b"", "application/octet-stream")
+
+
+def _refunds(svc: Services, job_id: str, index: int) -> int:
+    return sum(1 for _ in svc.storage.list(layout.shard_refunds_prefix(job_id, index)))
 
 
 def _backoff(attempt: int) -> float:
@@ -146,7 +165,12 @@ def finalize(self: Task, shard_results: list[dict], job_id: str) -> str:
     job = finalize_job(svc, job_id)
     # One webhook per job, even when finalize runs twice.
     if job.webhook_url and job.status.terminal and svc.jobs.set_once(job_id, "webhook_status", "pending"):
-        webhook.apply_async((job_id,), queue=svc.settings.cpu_queue)
+        try:
+            webhook.apply_async((job_id,), queue=svc.settings.cpu_queue)
+        except Exception:
+            # Not queued: release the claim so the retry of this finalize queues it.
+            svc.jobs.update(job_id, webhook_status=None)
+            raise
     return job.status.value
 
 

@@ -121,6 +121,14 @@ def answered(instant_log: Path) -> Counter[str]:
     return Counter(line for line in instant_log.read_text().splitlines() if line)
 
 
+def mid_shard(instant_log: Path, shard_size: int) -> bool:
+    """With one worker running shards one after another, the engine's answer count
+    tells how far into the current shard it is: True half-way through a shard after
+    the first (part of it checkpointed, part not)."""
+    n = sum(answered(instant_log).values())
+    return n >= shard_size and 0.3 <= (n % shard_size) / shard_size <= 0.7
+
+
 def recomputed(instant_log: Path) -> int:
     """Answers the engine gave more than once: work a fault made the service redo."""
     return sum(n - 1 for n in answered(instant_log).values() if n > 1)
