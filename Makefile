@@ -1,7 +1,7 @@
 # The two commands of the README, and the ones around them.
 #   make demo   set up, start the stack, run the example job, show the results
 #   make test   set up and run the whole suite (what CI runs)
-.PHONY: setup demo test unit integration lint up down status bench clean
+.PHONY: setup demo test unit integration faults lint up down status bench clean
 
 PY := .venv/bin/python
 
@@ -19,6 +19,9 @@ unit: setup
 
 integration: setup
 	@$(PY) -m pytest tests/integration -q
+
+faults: setup
+	@$(PY) -m pytest tests/faults -q
 
 lint: setup
 	@scripts/lint.sh
