@@ -45,8 +45,10 @@ def shard_refunds_prefix(job_id: str, index: int) -> str:
     return f"{_shard(job_id, index)}/refunds/"
 
 
-def shard_output_key(job_id: str, index: int) -> str:
-    return f"{_shard(job_id, index)}/output.jsonl"
+def shard_output_key(job_id: str, index: int, run: str) -> str:
+    """Each run of a shard writes its own output; the summary that wins the
+    conditional create says which one is the shard's."""
+    return f"{_shard(job_id, index)}/{run}.output.jsonl"
 
 
 def shard_summary_key(job_id: str, index: int) -> str:

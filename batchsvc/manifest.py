@@ -66,7 +66,8 @@ class ShardSummary:
     def load(cls, storage: Storage, job_id: str, index: int) -> ShardSummary:
         return cls(**orjson.loads(storage.get_bytes(layout.shard_summary_key(job_id, index))))
 
-    def save(self, storage: Storage) -> None:
-        storage.put_bytes(
-            layout.shard_summary_key(self.job_id, self.index), orjson.dumps(asdict(self)), "application/json"
-        )
+    def save_if_absent(self, storage: Storage) -> bool:
+        """Write the summary unless one exists (If-None-Match on S3, an atomic
+        link locally); True if this one is now the shard's."""
+        key = layout.shard_summary_key(self.job_id, self.index)
+        return storage.put_bytes_if_absent(key, orjson.dumps(asdict(self)), "application/json")

@@ -150,7 +150,7 @@ class ShardRun:
         return self._assemble(requests)
 
     def _assemble(self, requests: list[EngineRequest]) -> ShardSummary:
-        output_key = layout.shard_output_key(self.job_id, self.index)
+        output_key = layout.shard_output_key(self.job_id, self.index, self.run_id)
         digest = hashlib.sha256()
         with tempfile.NamedTemporaryFile(prefix="batchsvc-shard-") as tmp:
             for request in requests:
@@ -172,7 +172,11 @@ class ShardRun:
             latency_count=self.tally.latency_count,
             sha256=digest.hexdigest(),
         )
-        summary.save(self.storage)
+        if not summary.save_if_absent(self.storage):
+            # A duplicate run of this shard finished first (conditional create):
+            # its summary and output are the shard's; drop ours.
+            self.storage.delete(output_key)
+            return ShardSummary.load(self.storage, self.job_id, self.index)
         self.storage.delete_prefix(layout.shard_parts_prefix(self.job_id, self.index))
         return summary
 

@@ -323,12 +323,14 @@ class LocalStorage:
             raise InvalidDownloadToken("malformed")
         payload, signature = token.split(".")
         try:
-            given = _b64decode(signature)
+            _b64decode(signature)
         except ValueError:
             raise InvalidDownloadToken("malformed", "bad signature encoding") from None
         expected = hmac.new(self._signing_key, payload.encode("ascii"), hashlib.sha256).digest()
-        # Check the signature before reading anything from the payload.
-        if not hmac.compare_digest(given, expected):
+        # Check the signature before reading anything from the payload. Compare
+        # the encoded text, not the decoded bytes: base64's spare bits would
+        # otherwise let several spellings of one signature pass.
+        if not hmac.compare_digest(signature.encode("ascii"), _b64encode(expected).encode("ascii")):
             raise InvalidDownloadToken("tampered")
         try:
             claims = json.loads(_b64decode(payload))

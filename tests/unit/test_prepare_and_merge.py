@@ -407,3 +407,20 @@ def test_finalize_with_a_missing_shard_does_not_complete_the_job(services: Servi
         finalize_job(services, job_id)
     assert services.jobs.get(job_id).status is JobStatus.FINALIZING
     assert not services.storage.exists(layout.results_key(job_id))
+
+
+def test_a_duplicate_run_that_finishes_second_yields_to_the_first(services: Services) -> None:
+    """Two runs of one shard at once (a duplicate delivery): the summary is a
+    conditional create, so the first to finish is the shard's, and the second
+    drops its own output instead of leaving a second copy."""
+    from batchsvc.shards import ShardRun
+
+    job_id, _ = prepared(services, [request_line(c) for c in ids(3)])
+    spec = services.models.get(MODEL)
+    assert spec is not None
+    first = ShardRun(services, job_id, 0, spec, MODEL).execute(InstantEngine(spec))
+    second = ShardRun(services, job_id, 0, spec, MODEL).execute(InstantEngine(spec))
+
+    assert second == first
+    outputs_written = [o.key for o in services.storage.list(f"jobs/{job_id}/shards/") if o.key.endswith("output.jsonl")]
+    assert outputs_written == [first.output_key]

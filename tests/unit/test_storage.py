@@ -358,3 +358,22 @@ def test_s3_server_errors_raise_storage_unavailable(bucket: str) -> None:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+def test_a_second_spelling_of_a_valid_signature_is_refused(local: LocalStorage) -> None:
+    """A 32-byte HMAC in unpadded base64 leaves 2 spare bits in its last
+    character: flipping one decodes to the same bytes, and must still fail."""
+    import base64
+
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    local.put_bytes("a/b.txt", b"x")
+    token = local.presigned_get_url("a/b.txt", timedelta(minutes=1)).rsplit("/", 1)[1]
+    payload, signature = token.split(".")
+    respelled = signature[:-1] + alphabet[alphabet.index(signature[-1]) ^ 1]
+
+    def decoded(text: str) -> bytes:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+    assert respelled != signature and decoded(respelled) == decoded(signature)
+    with pytest.raises(InvalidDownloadToken, match="tampered"):
+        local.verify_download_token(f"{payload}.{respelled}")
