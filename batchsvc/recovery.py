@@ -12,6 +12,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import BinaryIO
+
+import orjson
 
 from batchsvc import layout
 from batchsvc.errors import ErrorType, JobNotFound, ServiceError
@@ -106,3 +109,19 @@ def rebuild_job(svc: Services, job_id: str) -> Job:
                 svc.jobs.record_shard_progress(job_id, shard.index, counts)
     svc.jobs.create(job)
     return job
+
+
+def failed_requests_file(svc: Services, job: Job, out: BinaryIO) -> int:
+    """Write the input lines of a finished job's failed requests to `out`, as
+    they were submitted; returns how many. Streams both files."""
+    if not job.status.terminal or not job.errors_key or not job.input_key:
+        raise ServiceError(ErrorType.CONFLICT, f"job is {job.status.value}; it has no failed requests to retry")
+    with svc.storage.open(job.errors_key) as errors:
+        failed = {orjson.loads(raw)["custom_id"] for raw in errors if raw.strip()}
+    written = 0
+    with svc.storage.open(job.input_key) as source:
+        for raw in source:
+            if raw.strip() and orjson.loads(raw).get("custom_id") in failed:
+                out.write(raw if raw.endswith(b"\n") else raw + b"\n")
+                written += 1
+    return written

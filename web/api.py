@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,7 +14,7 @@ from batchsvc.errors import ErrorType, JobNotFound, ServiceError
 from batchsvc.jobs import Job, JobStatus
 from batchsvc.lifecycle import cancel_job
 from batchsvc.partial import finished_lines
-from batchsvc.recovery import plan_redrive, rebuild_job
+from batchsvc.recovery import failed_requests_file, plan_redrive, rebuild_job
 from batchsvc.services import Services
 from batchsvc.storage import InvalidDownloadToken, LocalStorage, ObjectNotFound
 from batchsvc.submit import submit_job
@@ -240,11 +241,35 @@ def retry_batch(job_id: str) -> tuple[Response, int]:
         job = svc.jobs.get(job_id)
     except JobNotFound:
         job = rebuild_job(svc, job_id)  # Redis lost it: storage still knows it (or this is a 404 too)
+    if request.args.get("scope") == "failed_requests":
+        return _retry_failed_requests(svc, job)
     if job.status.terminal:
         raise ServiceError(ErrorType.CONFLICT, f"job is {job.status.value}; nothing to retry", {"job_id": job_id})
     plan = plan_redrive(svc, job)
     current_app.extensions["celery"].send_task(REDRIVE, args=[job_id], queue=svc.settings.cpu_queue)
     return jsonify({"job_id": job_id, "status": job.status.value, "step": plan.step, "shards": plan.shards}), 202
+
+
+def _retry_failed_requests(svc: Services, job: Job) -> tuple[Response, int]:
+    """A new job of the same model holding only the failed requests of a
+    finished one (metadata.retry_of names it)."""
+    with tempfile.TemporaryFile() as retry_input:
+        count = failed_requests_file(svc, job, retry_input)
+        if count == 0:
+            raise ServiceError(ErrorType.CONFLICT, "no request of this job failed", {"job_id": job.id})
+        retry_input.seek(0)
+        metadata = {**job.metadata, "retry_of": job.id}
+        new = submit_job(
+            svc,
+            model=job.model,
+            upload=retry_input,
+            webhook_url=job.webhook_url,
+            metadata=metadata,
+            endpoint=job.endpoint,
+            enqueue=enqueue_prepare(priority if isinstance(priority := metadata.get("priority"), int) else 5),
+        )
+    body = {"job_id": new.id, "status": new.status.value, "retry_of": job.id, "requests": count}
+    return jsonify(body), 202
 
 
 @bp.post("/batch/<job_id>/cancel")

@@ -508,3 +508,28 @@ def test_urls_the_ssrf_guard_refuses_are_422_at_submit(make_app: Any, services: 
     error = error_of(client.post("/v1/batch", json=body), 422, "validation_error")
     assert field in error["details"]["fields"]
     assert services.jobs.list_ids() == []
+
+
+def test_retrying_only_the_failed_requests_makes_a_job_of_just_those(app: Flask, client: FlaskClient) -> None:
+    from batchsvc.shards import give_up_shard
+
+    svc: Services = app.extensions["batchsvc"]
+    data = jsonl(["a", "b", "c"])
+    job_id = upload(client, data, metadata={"job_name": "nightly"}).get_json()["job_id"]
+    manifest = prepare_job(svc, job_id)
+    assert manifest is not None and len(manifest.shards) == 1
+    assert svc.jobs.transition(job_id, JobStatus.IN_PROGRESS, expect={JobStatus.VALIDATING})
+    give_up_shard(svc, job_id, 0, "the engine kept crashing")  # all three become error lines
+    assert finalize_job(svc, job_id).stats["failed"] == 3
+
+    response = client.post(f"/v1/batch/{job_id}/retry?scope=failed_requests")
+    assert response.status_code == 202, response.get_json()
+    retry = response.get_json()
+    assert (retry["retry_of"], retry["requests"]) == (job_id, 3)
+    new = svc.jobs.get(retry["job_id"])
+    assert new.metadata == {"job_name": "nightly", "priority": 5, "retry_of": job_id}
+    assert svc.storage.get_bytes(new.input_key) == data  # the failed lines, as submitted
+
+    completed = upload(client, jsonl(["d"])).get_json()["job_id"]
+    complete(app, completed)
+    error_of(client.post(f"/v1/batch/{completed}/retry?scope=failed_requests"), 409, "conflict")
