@@ -29,8 +29,8 @@ worker() {  # node name; runs in the foreground
 }
 
 if [ ${#GPUS[@]} -eq 0 ]; then
-    worker llm-cpu
-    exit
+    # exec: the worker itself is the process `make up` watches.
+    exec "$CELERY" -A tasks.worker worker -Q "$QUEUES" --pool solo --prefetch-multiplier 1 -n "llm-cpu@%h" --loglevel INFO
 fi
 
 trap 'kill 0' INT TERM EXIT

@@ -9,6 +9,7 @@ stops what it started (the GPU launcher's workers, gunicorn's workers).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -32,22 +33,43 @@ def procfile() -> dict[str, str]:
     return entries
 
 
-def pid_of(name: str) -> int | None:
-    path = RUN / f"{name}.pid"
+def recorded_pid(name: str) -> int | None:
     try:
-        pid = int(path.read_text())
-        os.kill(pid, 0)
-    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return int((RUN / f"{name}.pid").read_text())
+    except (FileNotFoundError, ValueError):
         return None
-    except PermissionError:
-        return pid
-    # A zombie or a reused pid is not ours: check it still leads our group.
+
+
+def pid_of(name: str) -> int | None:
+    """The pid of a running process of ours: alive, not a zombie, and still
+    leading the process group it was started in (a reused pid is not ours)."""
+    pid = recorded_pid(name)
+    if pid is None:
+        return None
     try:
-        if os.getpgid(pid) != pid:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        if state == "Z" or os.getpgid(pid) != pid:
             return None
-    except ProcessLookupError:
+    except (FileNotFoundError, ProcessLookupError, IndexError):
         return None
     return pid
+
+
+def kill_group(pgid: int, timeout: float) -> None:
+    """TERM the whole group (a dead leader may leave children behind), then KILL."""
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 def start(name: str, command: str) -> int:
@@ -67,22 +89,12 @@ def start(name: str, command: str) -> int:
 
 
 def stop(name: str, timeout: float = 30.0) -> bool:
-    pid = pid_of(name)
-    if pid is None:
-        (RUN / f"{name}.pid").unlink(missing_ok=True)
-        return False
-    os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.2)
-    else:
-        os.killpg(pid, signal.SIGKILL)
+    running = pid_of(name) is not None
+    pgid = recorded_pid(name)
+    if pgid is not None:
+        kill_group(pgid, timeout)
     (RUN / f"{name}.pid").unlink(missing_ok=True)
-    return True
+    return running
 
 
 def wait_for_web(url: str, timeout: float) -> bool:
@@ -124,6 +136,7 @@ def main() -> int:
         if pid:
             print(f"{name:8} already running (pid {pid})")
         else:
+            stop(name)  # what a dead leader left of its group, e.g. a worker whose launcher was killed
             print(f"{name:8} started (pid {start(name, entries[name])}), log var/log/{name}.log")
     if "web" in names:
         url = f"http://127.0.0.1:{os.environ.get('PORT', '8000')}"
