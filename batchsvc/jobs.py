@@ -89,6 +89,7 @@ class Job:
     estimated_completion: float | None = None
     webhook_status: str | None = None  # pending, delivered, failed
     last_progress_at: float | None = None  # a shard checkpointed, or the job was re-driven
+    data_expired_at: float | None = None  # retention deleted its objects
 
     @property
     def last_activity(self) -> float:

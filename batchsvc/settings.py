@@ -51,6 +51,10 @@ class Settings:
     # is empty (their messages were lost), checking every sweep_interval_s.
     stall_after_s: int = 900
     sweep_interval_s: int = 60
+    # A finished job's objects (input, shards, results) are deleted after this
+    # long; its record stays, marked data_expired_at. Checked hourly by beat.
+    retention_s: int = 7 * 24 * 3600
+    retention_interval_s: int = 3600
 
     # --- Storage ---
     storage_backend: str = "local"  # "local" or "s3"

@@ -19,6 +19,7 @@ from batchsvc.jobs import Job, JobStatus, job_error
 from batchsvc.netguard import Allowlist
 from batchsvc.prepare import prepare_job
 from batchsvc.recovery import Redrive, redrive, stalled_jobs
+from batchsvc.retention import expire_job_data
 from batchsvc.services import Services, current_services
 from batchsvc.settings import get_settings
 from batchsvc.shards import give_up_shard, run_shard
@@ -29,6 +30,7 @@ from tasks.celery_app import (
     PREPARE,
     REDRIVE,
     RESCORE,
+    RETENTION,
     SHARD,
     SWEEP,
     WEBHOOK,
@@ -249,3 +251,9 @@ def redrive_job(self: Task, job_id: str) -> dict:
     """The operator's retry of one job (also reachable from Flower by name)."""
     plan = redrive(current_services(), job_id, send_redrive)
     return {"job_id": plan.job_id, "step": plan.step, "shards": plan.shards}
+
+
+@app.task(name=RETENTION, bind=True, acks_late=True, max_retries=3, **_RETRY)
+def retention(self: Task) -> list[str]:
+    """Beat, hourly: delete the objects of finished jobs past retention_s."""
+    return expire_job_data(current_services())

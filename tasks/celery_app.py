@@ -14,6 +14,7 @@ WEBHOOK = "batch.webhook"
 RESCORE = "batch.rescore"
 SWEEP = "batch.sweep"
 REDRIVE = "batch.redrive"
+RETENTION = "batch.retention"
 
 
 def llm_queue(settings: Settings, model: str) -> str:

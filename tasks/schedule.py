@@ -11,7 +11,7 @@ import yaml
 from celery.schedules import crontab
 
 from batchsvc.settings import Settings
-from tasks.celery_app import RESCORE, SWEEP
+from tasks.celery_app import RESCORE, RETENTION, SWEEP
 
 
 def _crontab(expr: str) -> crontab:
@@ -25,7 +25,12 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "task": SWEEP,
             "schedule": float(settings.sweep_interval_s),
             "options": {"queue": settings.cpu_queue, "expires": settings.sweep_interval_s},
-        }
+        },
+        "retention": {
+            "task": RETENTION,
+            "schedule": float(settings.retention_interval_s),
+            "options": {"queue": settings.cpu_queue, "expires": settings.retention_interval_s},
+        },
     }
     path = settings.path(settings.schedule_file)
     if not path.exists():

@@ -145,6 +145,8 @@ def job_view(svc: Services, job: Job) -> dict[str, Any]:
     if job.errors:
         view["errors"] = job.errors
         view["error_count"] = job.error_count
+    if job.data_expired_at is not None:
+        view["data_expired_at"] = iso(job.data_expired_at)
     return view
 
 
@@ -183,6 +185,12 @@ def get_results(job_id: str) -> Response:
     with links to what has finished so far."""
     svc = services()
     job = svc.jobs.get(job_id)
+    if job.data_expired_at is not None:
+        raise ServiceError(
+            ErrorType.GONE,
+            f"the results of this job were deleted on {iso(job.data_expired_at)}, after the retention period",
+            {"job_id": job.id, "status": job.status.value, "data_expired_at": iso(job.data_expired_at)},
+        )
     partial = request.args.get("partial", "false").lower() in ("1", "true", "yes")
     if job.status in FINISHED and job.results_key:
         ttl = timedelta(seconds=svc.settings.result_link_ttl_s)
