@@ -7,7 +7,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
 
 from batchsvc import progress
 from batchsvc.errors import ErrorType, JobNotFound, ServiceError
@@ -19,6 +19,7 @@ from batchsvc.services import Services
 from batchsvc.storage import InvalidDownloadToken, LocalStorage, ObjectNotFound
 from batchsvc.submit import submit_job
 from tasks.celery_app import PREPARE, REDRIVE, celery_priority
+from web.audit import audited
 from web.schemas import ListJobsSchema, SubmitBatchFormSchema, SubmitBatchSchema
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
@@ -82,6 +83,7 @@ def _read_submission() -> tuple[dict[str, Any], Any]:
 
 
 @bp.post("/batch")
+@audited("submit")
 def submit_batch() -> tuple[Response, int]:
     args, upload = _read_submission()
     metadata = args.get("metadata") or {}
@@ -99,6 +101,7 @@ def submit_batch() -> tuple[Response, int]:
     finally:
         if upload is not None:
             upload.close()  # large uploads spool to a temp file: release it now
+    g.audit_job_id = job.id
     body = {
         "job_id": job.id,
         "status": job.status.value,
@@ -180,6 +183,7 @@ FINISHED = frozenset({JobStatus.COMPLETED, JobStatus.CANCELLED, JobStatus.EXPIRE
 
 
 @bp.get("/batch/<job_id>/results")
+@audited("results")
 def get_results(job_id: str) -> Response:
     """Links to the results. `?partial=true` also answers while the job runs,
     with links to what has finished so far."""
@@ -229,6 +233,7 @@ def get_results(job_id: str) -> Response:
 
 
 @bp.get("/batch/<job_id>/partial")
+@audited("results_partial")
 def get_partial(job_id: str) -> Response:
     """Stream the lines finished so far: complete JSON lines, never a torn one."""
     svc = services()
@@ -241,6 +246,7 @@ def get_partial(job_id: str) -> Response:
 
 
 @bp.post("/batch/<job_id>/retry")
+@audited("retry")
 def retry_batch(job_id: str) -> tuple[Response, int]:
     """Re-drive what a job is missing (lost shards, a lost finalize): the same
     as the sweeper does for stalled jobs, now, for this one job."""
@@ -281,12 +287,14 @@ def _retry_failed_requests(svc: Services, job: Job) -> tuple[Response, int]:
 
 
 @bp.post("/batch/<job_id>/cancel")
+@audited("cancel")
 def cancel_batch(job_id: str) -> Response:
     svc = services()
     return jsonify(job_view(svc, cancel_job(svc, job_id)))
 
 
 @bp.get("/downloads/<token>")
+@audited("download")
 def download(token: str) -> Response:
     """Serves signed links of the local-directory storage backend."""
     storage = services().storage

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from batchsvc.errors import ErrorType, JobNotFound, ServiceError
 from batchsvc.files import FileNotFound, FileRecord
@@ -19,6 +19,7 @@ from batchsvc.services import Services
 from batchsvc.storage import ObjectNotFound, content_disposition
 from batchsvc.submit import model_of_first_line, store_upload, submit_job
 from web.api import enqueue_prepare
+from web.audit import audited
 from web.openai_schemas import UPLOAD_PURPOSE, CreateBatchSchema, ListFilesSchema, UploadFileSchema
 from web.schemas import ListJobsSchema
 
@@ -100,6 +101,7 @@ def file_object(record: FileRecord) -> dict[str, Any]:
 
 
 @bp.post("/files")
+@audited("file_upload")
 def create_file() -> Response:
     if request.mimetype != "multipart/form-data":
         raise ServiceError(
@@ -114,6 +116,7 @@ def create_file() -> Response:
         record = store_upload(svc, upload.stream, args["filename"], UPLOAD_PURPOSE)
     finally:
         upload.close()  # a large upload spools to a temp file: release it now
+    g.audit_file_id = record.id
     return jsonify(file_object(record))
 
 
@@ -137,6 +140,7 @@ def get_file(file_id: str) -> Response:
 
 
 @bp.get("/files/<file_id>/content")
+@audited("file_download")
 def get_file_content(file_id: str) -> Response:
     svc = services()
     record = svc.files.get(file_id)
@@ -161,6 +165,7 @@ def get_file_content(file_id: str) -> Response:
 
 
 @bp.delete("/files/<file_id>")
+@audited("file_delete")
 def delete_file(file_id: str) -> Response:
     """An uploaded file loses its bytes and its record. A batch's output or error
     file loses its record only: the bytes are the job's results, which the
@@ -222,6 +227,7 @@ def batch_object(svc: Services, job: Job) -> dict[str, Any]:
 
 
 @bp.post("/batches")
+@audited("submit")
 def create_batch() -> Response:
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
@@ -252,6 +258,7 @@ def create_batch() -> Response:
         completion_window=args["completion_window"],
         metadata=metadata,
     )
+    g.audit_job_id = job.id
     return jsonify(batch_object(svc, job))
 
 
@@ -262,6 +269,7 @@ def get_batch(batch_id: str) -> Response:
 
 
 @bp.post("/batches/<batch_id>/cancel")
+@audited("cancel")
 def cancel_batch(batch_id: str) -> Response:
     svc = services()
     return jsonify(batch_object(svc, cancel_job(svc, batch_id)))
