@@ -2,8 +2,9 @@
 
 Each shard's finished lines are in storage: in its output object once the shard
 is done, in checkpoint parts before that. Both are written whole (atomic puts),
-so a reader sees complete JSON lines only, never a torn one. It is a snapshot: a
-shard that finishes while it is read may be missing, never doubled."""
+so a reader sees complete JSON lines only, never a torn one. A shard that
+finishes while it is read is read on from its output, so the snapshot holds at
+least what the progress counters said before it was taken, and nothing twice."""
 
 from __future__ import annotations
 
@@ -25,11 +26,23 @@ def _shard_lines(storage: Storage, job_id: str, index: int) -> Iterator[bytes]:
     if summary is not None:
         yield from iter_lines(storage, summary.output_key)
         return
-    for part in storage.list(layout.shard_parts_prefix(job_id, index)):
-        try:
-            yield from iter_lines(storage, part.key)
-        except ObjectNotFound:  # the shard finished and removed its parts meanwhile
-            return
+    seen: set[str] = set()
+    try:
+        for part in storage.list(layout.shard_parts_prefix(job_id, index)):
+            for raw in iter_lines(storage, part.key):
+                seen.add(orjson.loads(raw)["custom_id"])
+                yield raw
+    except ObjectNotFound:
+        pass  # a part went: the shard finished while we read it
+    # If the shard finished meanwhile (its parts gone, or not all listed), the
+    # rest of what it answered is in its output now.
+    try:
+        summary = ShardSummary.load(storage, job_id, index)
+    except ObjectNotFound:
+        return
+    for raw in iter_lines(storage, summary.output_key):
+        if orjson.loads(raw)["custom_id"] not in seen:
+            yield raw
 
 
 def finished_lines(storage: Storage, job_id: str, *, successes: bool) -> Iterator[bytes]:

@@ -81,7 +81,9 @@ def test_cancel_mid_run_keeps_what_finished_and_accounts_for_every_request(local
 
 def test_a_job_past_its_completion_window_expires_with_partial_results(local_stack: Stack, tmp_path: Path) -> None:
     requests = write_candidates(tmp_path / "slow.jsonl", 3000)  # ~40 s of work at ~80 req/s
-    job_id = submit(local_stack, tmp_path / "slow.jsonl", completion_window="10s")
+    # The window starts at submit: start it with the worker idle, not behind another test's job.
+    wait_until(lambda: not local_stack.services.jobs.active_ids(), 300, what="the stack to be idle")
+    job_id = submit(local_stack, tmp_path / "slow.jsonl", completion_window="15s")
     final = local_stack.wait_for_job(job_id, timeout=300)
     assert final["status"] == "expired"
 
