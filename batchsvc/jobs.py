@@ -51,6 +51,15 @@ def job_error(code: str, message: str, param: str | None = None) -> dict[str, An
     return {"line": None, "code": code, "message": message, "param": param}
 
 
+def job_priority(metadata: dict[str, Any]) -> int:
+    """A job's priority, 0-9 (higher runs sooner), default 5. The seed API stores
+    an int, OpenAI metadata a string; anything else counts as the default."""
+    try:
+        return max(0, min(9, int(metadata.get("priority", 5))))
+    except (TypeError, ValueError):
+        return 5
+
+
 def new_job_id() -> str:
     # 128 random bits: ids are unguessable, and double as OpenAI-style batch ids.
     return "batch_" + secrets.token_hex(16)

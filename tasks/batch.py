@@ -15,7 +15,7 @@ from celery import Task, chord
 
 from batchsvc import layout, webhooks
 from batchsvc.finalize import finalize_job
-from batchsvc.jobs import Job, JobStatus, job_error
+from batchsvc.jobs import Job, JobStatus, job_error, job_priority
 from batchsvc.netguard import Allowlist
 from batchsvc.prepare import prepare_job
 from batchsvc.recovery import Redrive, redrive, stalled_jobs
@@ -48,16 +48,9 @@ def start_chord(job_id: str, model: str, shard_indexes: list[int]) -> None:
     """One shard task per index on the model's queue, then finalize."""
     svc = current_services()
     queue = llm_queue(svc.settings, model)
-    priority = celery_priority(_priority(svc.jobs.get(job_id).metadata))
+    priority = celery_priority(job_priority(svc.jobs.get(job_id).metadata))
     header = [shard.si(job_id, i).set(queue=queue, priority=priority) for i in shard_indexes]
     chord(header)(finalize.s(job_id).set(queue=svc.settings.cpu_queue, priority=priority))
-
-
-def _priority(metadata: dict) -> int:
-    try:
-        return int(metadata.get("priority", 5))
-    except (TypeError, ValueError):  # OpenAI metadata values are free strings
-        return 5
 
 
 def send_redrive(plan: Redrive) -> None:

@@ -11,7 +11,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
 
 from batchsvc import progress
 from batchsvc.errors import ErrorType, JobNotFound, ServiceError
-from batchsvc.jobs import Job, JobStatus
+from batchsvc.jobs import Job, JobStatus, job_priority
 from batchsvc.lifecycle import cancel_job
 from batchsvc.partial import finished_lines
 from batchsvc.recovery import failed_requests_file, plan_redrive, rebuild_job
@@ -35,12 +35,14 @@ def iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def enqueue_prepare(priority: int):
+def enqueue_prepare(metadata: dict[str, Any]):
+    """The enqueue function submit_job calls: send prepare at the job's priority."""
     celery = current_app.extensions["celery"]
     queue = services().settings.cpu_queue
+    priority = celery_priority(job_priority(metadata))
 
     def enqueue(job_id: str) -> None:
-        celery.send_task(PREPARE, args=[job_id], queue=queue, priority=celery_priority(priority))
+        celery.send_task(PREPARE, args=[job_id], queue=queue, priority=priority)
 
     return enqueue
 
@@ -96,7 +98,7 @@ def submit_batch() -> tuple[Response, int]:
             webhook_url=args.get("webhook_url"),
             metadata=metadata,
             completion_window=args.get("completion_window"),
-            enqueue=enqueue_prepare(metadata.get("priority", 5)),
+            enqueue=enqueue_prepare(metadata),
         )
     finally:
         if upload is not None:
@@ -280,7 +282,7 @@ def _retry_failed_requests(svc: Services, job: Job) -> tuple[Response, int]:
             webhook_url=job.webhook_url,
             metadata=metadata,
             endpoint=job.endpoint,
-            enqueue=enqueue_prepare(priority if isinstance(priority := metadata.get("priority"), int) else 5),
+            enqueue=enqueue_prepare(metadata),
         )
     body = {"job_id": new.id, "status": new.status.value, "retry_of": job.id, "requests": count}
     return jsonify(body), 202

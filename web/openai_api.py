@@ -252,7 +252,7 @@ def create_batch() -> Response:
     job = submit_job(
         svc,
         model=model,
-        enqueue=enqueue_prepare(int(metadata.get("priority", 5))),
+        enqueue=enqueue_prepare(metadata),
         input_file=input_file,
         endpoint=args["endpoint"],
         completion_window=args["completion_window"],

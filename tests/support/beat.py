@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 from batchsvc.settings import PROJECT_ROOT
-from tests.support.stack import _die_with_parent, wait_until
+from tests.support.stack import _die_with_parent, stop_group, wait_until
 
 
 class Beat:
@@ -31,11 +29,4 @@ class Beat:
         return self
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        stop_group(self.process)

@@ -52,6 +52,19 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def stop_group(process: subprocess.Popen[bytes] | None, timeout: float = 30) -> None:
+    """TERM a process started with start_new_session, and its group; KILL it if
+    it has not gone after `timeout`."""
+    if process is None or process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 class Worker:
     def __init__(self, name: str, queues: list[str], env: dict[str, str], log_dir: Path, extra: list[str]):
         self.name = name
@@ -110,13 +123,7 @@ class Worker:
             self.process.wait(timeout=60)
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        stop_group(self.process)
 
     def log_tail(self, lines: int = 60) -> str:
         try:
