@@ -50,11 +50,18 @@ _STATUS = {
 class ServiceError(Exception):
     """An error a client should see, with a type and the field or line at fault."""
 
-    def __init__(self, type_: ErrorType, message: str, details: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        type_: ErrorType,
+        message: str,
+        details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.type = type_
         self.message = message
         self.details = details or {}
+        self.headers = headers or {}  # e.g. Retry-After on a 429
 
     def to_dict(self) -> dict[str, Any]:
         return {"error": {"type": self.type.value, "message": self.message, "details": self.details}}

@@ -41,6 +41,8 @@ class FileRecord:
     key: str  # storage key of the content
     created_at: float = field(default_factory=time.time)
     job_id: str | None = None  # the batch an output file belongs to
+    tenant: str = "default"  # whose file: only that tenant's keys (and admins) see it
+    lines: int | None = None  # newline count of an upload: what a batch of it would queue
 
     def to_fields(self) -> dict[str, bytes]:
         return {f.name: orjson.dumps(getattr(self, f.name)) for f in dataclasses.fields(self)}
@@ -52,7 +54,8 @@ class FileRecord:
 
 
 class FileStore:
-    """File records in Redis: `{p}:file:{id}` hashes and a `{p}:files` index."""
+    """File records in Redis: `{p}:file:{id}` hashes, a `{p}:files` index and
+    one `{p}:t:{tenant}:files` index per tenant."""
 
     def __init__(self, client: redis.Redis, prefix: str = "batchsvc"):
         self.redis: Any = client
@@ -66,14 +69,14 @@ class FileStore:
     def _key(self, file_id: str) -> str:
         return f"{self.prefix}:file:{file_id}"
 
-    @property
-    def _index(self) -> str:
-        return f"{self.prefix}:files"
+    def _index(self, tenant: str | None = None) -> str:
+        return f"{self.prefix}:files" if tenant is None else f"{self.prefix}:t:{tenant}:files"
 
     def save(self, record: FileRecord) -> FileRecord:
         pipe = self.redis.pipeline()
         pipe.hset(self._key(record.id), mapping=record.to_fields())
-        pipe.zadd(self._index, {record.id: record.created_at})
+        pipe.zadd(self._index(), {record.id: record.created_at})
+        pipe.zadd(self._index(record.tenant), {record.id: record.created_at})
         pipe.execute()
         return record
 
@@ -83,18 +86,21 @@ class FileStore:
             raise FileNotFound(file_id)
         return FileRecord.from_fields(raw)
 
-    def delete(self, file_id: str) -> None:
+    def delete(self, record: FileRecord) -> None:
         pipe = self.redis.pipeline()
-        pipe.delete(self._key(file_id))
-        pipe.zrem(self._index, file_id)
+        pipe.delete(self._key(record.id))
+        pipe.zrem(self._index(), record.id)
+        pipe.zrem(self._index(record.tenant), record.id)
         pipe.execute()
 
-    def list_ids(self, *, limit: int = 20, after: str | None = None) -> list[str]:
-        """File ids, newest first; `after` is the last id of the previous page."""
+    def list_ids(self, *, limit: int = 20, after: str | None = None, tenant: str | None = None) -> list[str]:
+        """File ids, newest first, of one tenant or all; `after` is the last id of
+        the previous page."""
+        index = self._index(tenant)
         start = 0
         if after is not None:
-            rank = self.redis.zrevrank(self._index, after)
+            rank = self.redis.zrevrank(index, after)
             if rank is None:
                 raise FileNotFound(after)
             start = rank + 1
-        return [i.decode() for i in self.redis.zrevrange(self._index, start, start + limit - 1)]
+        return [i.decode() for i in self.redis.zrevrange(index, start, start + limit - 1)]

@@ -46,7 +46,7 @@ def merge_outputs(storage: Storage, manifest: Manifest, results_path: Path, erro
     stats = MergeStats()
     with results_path.open("wb") as results, errors_path.open("wb") as errors:
         for shard in manifest.shards:
-            summary = ShardSummary.load(storage, manifest.job_id, shard.index)
+            summary = ShardSummary.load(storage, manifest, shard.index)
             # Latencies live in the summaries, not the lines.
             stats.latency_sum += summary.latency_sum
             stats.latency_count += summary.latency_count
@@ -79,17 +79,17 @@ def finalize_job(svc: Services, job_id: str) -> Job:
         log.warning("job %s is %s; not finalizing it", job_id, svc.jobs.get(job_id).status.value)
         return svc.jobs.get(job_id)
     was = job.status
-    manifest = Manifest.load(svc.storage, job_id)
+    manifest = Manifest.load(svc.storage, job)
     with tempfile.TemporaryDirectory(prefix="batchsvc-finalize-") as workdir:
         results_path, errors_path = Path(workdir) / "results.jsonl", Path(workdir) / "errors.jsonl"
         stats = merge_outputs(svc.storage, manifest, results_path, errors_path)
         if stats.total != manifest.total:
             raise RuntimeError(f"job {job_id}: merged {stats.total} lines, manifest has {manifest.total}")
-        results = svc.storage.put_file(layout.results_key(job_id), results_path, "application/jsonl")
-        errors = svc.storage.put_file(layout.errors_key(job_id), errors_path, "application/jsonl")
+        results = svc.storage.put_file(layout.results_key(job), results_path, "application/jsonl")
+        errors = svc.storage.put_file(layout.errors_key(job), errors_path, "application/jsonl")
 
-    output_file = _register(svc, job_id, "output", layout.results_key(job_id), results.size)
-    error_file = _register(svc, job_id, "error", layout.errors_key(job_id), errors.size)
+    output_file = _register(svc, job, "output", layout.results_key(job), results.size)
+    error_file = _register(svc, job, "error", layout.errors_key(job), errors.size)
     now = time.time()
     # Only one of two concurrent finalizers moves the job; both wrote identical objects.
     svc.jobs.transition(
@@ -98,8 +98,8 @@ def finalize_job(svc: Services, job_id: str) -> Job:
         expect={JobStatus.FINALIZING, JobStatus.CANCELLING},
         finished_at=now,
         stats=stats.to_dict(),
-        results_key=layout.results_key(job_id),
-        errors_key=layout.errors_key(job_id),
+        results_key=layout.results_key(job),
+        errors_key=layout.errors_key(job),
         output_file_id=output_file.id,
         error_file_id=error_file.id,
         estimated_completion=None,
@@ -112,14 +112,15 @@ def finalize_job(svc: Services, job_id: str) -> Job:
     return job
 
 
-def _register(svc: Services, job_id: str, kind: str, key: str, size: int) -> FileRecord:
+def _register(svc: Services, job: Job, kind: str, key: str, size: int) -> FileRecord:
     """The output and error files are file objects too (OpenAI Files API)."""
     record = FileRecord(
-        id=derived_file_id(job_id, kind),
-        filename=f"{job_id}_{kind}.jsonl",
+        id=derived_file_id(job.id, kind),
+        filename=f"{job.id}_{kind}.jsonl",
         purpose="batch_output",
         size=size,
         key=key,
-        job_id=job_id,
+        job_id=job.id,
+        tenant=job.tenant,
     )
     return svc.files.save(record)

@@ -4,6 +4,9 @@ Keys (all under the settings' `redis_prefix`):
     {p}:job:{id}           hash, one JSON-encoded value per field of `Job`
     {p}:job:{id}:progress  hash, "{shard}:{counter}" -> absolute count for that shard
     {p}:jobs               sorted set, job id scored by created_at (listing, newest first)
+    {p}:active             set of the jobs not yet in a terminal status
+    {p}:t:{tenant}:jobs    the same index, and the same set as
+    {p}:t:{tenant}:active  `active`, for one tenant
     {p}:model_rate:{alias} last measured requests/s for a model (estimates)
 
 Progress is written as absolute per-shard numbers (HSET, not HINCRBY) so a
@@ -69,6 +72,7 @@ def new_job_id() -> str:
 class Job:
     id: str
     model: str
+    tenant: str = "default"  # whose job: only that tenant's keys (and admins) see it
     status: JobStatus = JobStatus.QUEUED
     created_at: float = field(default_factory=time.time)
     # The one url every line must use (OpenAI /v1/batches); None admits any supported url.
@@ -99,6 +103,11 @@ class Job:
     webhook_status: str | None = None  # pending, delivered, failed
     last_progress_at: float | None = None  # a shard checkpointed, or the job was re-driven
     data_expired_at: float | None = None  # retention deleted its objects
+
+    @property
+    def job_id(self) -> str:
+        """The name `layout` reads (a Job, a Manifest and a ShardSummary all name their job so)."""
+        return self.id
 
     @property
     def last_activity(self) -> float:
@@ -155,11 +164,35 @@ for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return 1
 """
 
+# Create a job unless its tenant already has `max` active ones (0: no limit),
+# so two submissions racing each other cannot both take the last place.
+_CREATE = """
+local max = tonumber(ARGV[1])
+if max > 0 and redis.call('SISMEMBER', KEYS[4], ARGV[2]) == 0 and redis.call('SCARD', KEYS[4]) >= max then
+    return 0
+end
+for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
+if ARGV[4] == '1' then
+    redis.call('SADD', KEYS[4], ARGV[2])
+    redis.call('SADD', KEYS[5], ARGV[2])
+end
+return 1
+"""
+
 # HSETNX, but only on a job that exists: alone it would create a hash with no status.
 _SET_ONCE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) end
 return 0
 """
+
+
+class ActiveLimitReached(Exception):
+    def __init__(self, tenant: str, limit: int):
+        super().__init__(f"tenant {tenant!r} already has {limit} active jobs")
+        self.tenant = tenant
+        self.limit = limit
 
 
 class JobStore:
@@ -169,6 +202,7 @@ class JobStore:
         self.prefix = prefix
         self._transition = client.register_script(_TRANSITION)
         self._set_once = client.register_script(_SET_ONCE)
+        self._create = client.register_script(_CREATE)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JobStore:
@@ -184,22 +218,23 @@ class JobStore:
     def _progress_key(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}:progress"
 
-    @property
-    def _index_key(self) -> str:
-        return f"{self.prefix}:jobs"
+    def _index_key(self, tenant: str | None = None) -> str:
+        return f"{self.prefix}:jobs" if tenant is None else f"{self.prefix}:t:{tenant}:jobs"
 
-    @property
-    def _active_key(self) -> str:
-        return f"{self.prefix}:active"
+    def _active_key(self, tenant: str | None = None) -> str:
+        return f"{self.prefix}:active" if tenant is None else f"{self.prefix}:t:{tenant}:active"
 
     # --- jobs ---
-    def create(self, job: Job) -> Job:
-        pipe = self.redis.pipeline()
-        pipe.hset(self._key(job.id), mapping=job.to_fields())
-        pipe.zadd(self._index_key, {job.id: job.created_at})
-        if not job.status.terminal:
-            pipe.sadd(self._active_key, job.id)
-        pipe.execute()
+    def create(self, job: Job, *, max_active: int = 0) -> Job:
+        """Store a new (or rebuilt) job. Raises ActiveLimitReached, storing nothing,
+        when its tenant already has `max_active` active jobs (0: no limit)."""
+        args: list[Any] = [max_active, job.id, job.created_at, "0" if job.status.terminal else "1"]
+        for name, value in job.to_fields().items():
+            args += [name, value]
+        keys = [self._key(job.id), self._index_key(), self._index_key(job.tenant)]
+        keys += [self._active_key(job.tenant), self._active_key()]
+        if not self._create(keys=keys, args=args):
+            raise ActiveLimitReached(job.tenant, max_active)
         return job
 
     def get(self, job_id: str) -> Job:
@@ -233,12 +268,31 @@ class JobStore:
         if result == -1:
             raise JobNotFound(job_id)
         if result and to.terminal:
-            self.redis.srem(self._active_key, job_id)
+            tenant = orjson.loads(self.redis.hget(self._key(job_id), "tenant") or b'"default"')
+            pipe = self.redis.pipeline()
+            pipe.srem(self._active_key(), job_id)
+            pipe.srem(self._active_key(tenant), job_id)
+            pipe.execute()
         return bool(result)
 
-    def active_ids(self) -> list[str]:
-        """Jobs not yet in a terminal status (what the sweeper looks at)."""
-        return sorted(i.decode() for i in self.redis.smembers(self._active_key))
+    def active_ids(self, tenant: str | None = None) -> list[str]:
+        """Jobs not yet in a terminal status (what the sweeper looks at), of one tenant or all."""
+        return sorted(i.decode() for i in self.redis.smembers(self._active_key(tenant)))
+
+    def active_jobs(self, tenant: str) -> list[Job]:
+        """A tenant's active jobs. An id whose record has gone (or ended without the
+        set hearing of it) is dropped from the set here, so it cannot hold a quota."""
+        found = []
+        for job_id in self.active_ids(tenant):
+            try:
+                job = self.get(job_id)
+            except JobNotFound:
+                job = None
+            if job is None or job.status.terminal:
+                self.redis.srem(self._active_key(tenant), job_id)
+                continue
+            found.append(job)
+        return found
 
     def fail(
         self, job_id: str, errors: list[dict[str, Any]], error_count: int | None = None, *, expect: frozenset = ACTIVE
@@ -254,18 +308,20 @@ class JobStore:
             estimated_completion=None,
         )
 
-    def list_ids(self, *, limit: int = 20, after: str | None = None) -> list[str]:
-        """Job ids, newest first; `after` is the last id of the previous page.
+    def list_ids(self, *, limit: int = 20, after: str | None = None, tenant: str | None = None) -> list[str]:
+        """Job ids, newest first, of one tenant or all; `after` is the last id of
+        the previous page.
 
         The cursor is the job's rank, not its timestamp, so jobs created in the
         same instant are neither skipped nor repeated."""
+        index = self._index_key(tenant)
         start = 0
         if after is not None:
-            rank = self.redis.zrevrank(self._index_key, after)
+            rank = self.redis.zrevrank(index, after)
             if rank is None:
                 raise JobNotFound(after)
             start = rank + 1
-        return [i.decode() for i in self.redis.zrevrange(self._index_key, start, start + limit - 1)]
+        return [i.decode() for i in self.redis.zrevrange(index, start, start + limit - 1)]
 
     # --- progress ---
     def record_shard_progress(self, job_id: str, shard: int, counts: Counts) -> None:

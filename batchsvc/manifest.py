@@ -26,6 +26,7 @@ class Manifest:
     model: str
     total: int
     shards: list[ShardInfo]
+    tenant: str = "default"
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self))
@@ -33,14 +34,15 @@ class Manifest:
     @classmethod
     def from_json(cls, data: bytes) -> Manifest:
         raw = orjson.loads(data)
-        return cls(raw["job_id"], raw["model"], raw["total"], [ShardInfo(**s) for s in raw["shards"]])
+        shards = [ShardInfo(**s) for s in raw["shards"]]
+        return cls(raw["job_id"], raw["model"], raw["total"], shards, raw.get("tenant", "default"))
 
     def save(self, storage: Storage) -> None:
-        storage.put_bytes(layout.manifest_key(self.job_id), self.to_json(), content_type="application/json")
+        storage.put_bytes(layout.manifest_key(self), self.to_json(), content_type="application/json")
 
     @classmethod
-    def load(cls, storage: Storage, job_id: str) -> Manifest:
-        return cls.from_json(storage.get_bytes(layout.manifest_key(job_id)))
+    def load(cls, storage: Storage, job: layout.JobRef) -> Manifest:
+        return cls.from_json(storage.get_bytes(layout.manifest_key(job)))
 
 
 @dataclass(frozen=True)
@@ -58,16 +60,17 @@ class ShardSummary:
     latency_sum: float  # seconds, over requests this run's engine answered
     latency_count: int  # how many those are: a resumed shard's checkpointed lines have no latency
     sha256: str  # of the shard output object
+    tenant: str = "default"
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
     @classmethod
-    def load(cls, storage: Storage, job_id: str, index: int) -> ShardSummary:
-        return cls(**orjson.loads(storage.get_bytes(layout.shard_summary_key(job_id, index))))
+    def load(cls, storage: Storage, job: layout.JobRef, index: int) -> ShardSummary:
+        return cls(**orjson.loads(storage.get_bytes(layout.shard_summary_key(job, index))))
 
     def save_if_absent(self, storage: Storage) -> bool:
         """Write the summary unless one exists (If-None-Match on S3, an atomic
         link locally); True if this one is now the shard's."""
-        key = layout.shard_summary_key(self.job_id, self.index)
+        key = layout.shard_summary_key(self, self.index)
         return storage.put_bytes_if_absent(key, orjson.dumps(asdict(self)), "application/json")

@@ -13,14 +13,15 @@ from collections.abc import Iterator
 import orjson
 
 from batchsvc import layout, outputs
+from batchsvc.layout import JobRef
 from batchsvc.manifest import Manifest, ShardSummary
 from batchsvc.shards import iter_lines
 from batchsvc.storage import ObjectNotFound, Storage
 
 
-def _shard_lines(storage: Storage, job_id: str, index: int) -> Iterator[bytes]:
+def _shard_lines(storage: Storage, job: JobRef, index: int) -> Iterator[bytes]:
     try:
-        summary = ShardSummary.load(storage, job_id, index)
+        summary = ShardSummary.load(storage, job, index)
     except ObjectNotFound:
         summary = None
     if summary is not None:
@@ -28,7 +29,7 @@ def _shard_lines(storage: Storage, job_id: str, index: int) -> Iterator[bytes]:
         return
     seen: set[str] = set()
     try:
-        for part in storage.list(layout.shard_parts_prefix(job_id, index)):
+        for part in storage.list(layout.shard_parts_prefix(job, index)):
             for raw in iter_lines(storage, part.key):
                 seen.add(orjson.loads(raw)["custom_id"])
                 yield raw
@@ -37,7 +38,7 @@ def _shard_lines(storage: Storage, job_id: str, index: int) -> Iterator[bytes]:
     # If the shard finished meanwhile (its parts gone, or not all listed), the
     # rest of what it answered is in its output now.
     try:
-        summary = ShardSummary.load(storage, job_id, index)
+        summary = ShardSummary.load(storage, job, index)
     except ObjectNotFound:
         return
     for raw in iter_lines(storage, summary.output_key):
@@ -45,13 +46,13 @@ def _shard_lines(storage: Storage, job_id: str, index: int) -> Iterator[bytes]:
             yield raw
 
 
-def finished_lines(storage: Storage, job_id: str, *, successes: bool) -> Iterator[bytes]:
+def finished_lines(storage: Storage, job: JobRef, *, successes: bool) -> Iterator[bytes]:
     """Finished output lines (successes, or else errors), each ending in a newline."""
     try:
-        manifest = Manifest.load(storage, job_id)
+        manifest = Manifest.load(storage, job)
     except ObjectNotFound:  # not yet sharded: nothing has run
         return
     for shard in manifest.shards:
-        for raw in _shard_lines(storage, job_id, shard.index):
+        for raw in _shard_lines(storage, job, shard.index):
             if outputs.is_success(orjson.loads(raw)) == successes:
                 yield raw + b"\n"

@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import BinaryIO
 
 from batchsvc import layout
+from batchsvc.errors import ServiceError
 from batchsvc.fetch import FetchError, fetch_to_storage
-from batchsvc.jobs import JobStatus, job_error
+from batchsvc.jobs import Job, JobStatus, job_error
 from batchsvc.manifest import Manifest, ShardInfo
 from batchsvc.netguard import Allowlist
 from batchsvc.services import Services
 from batchsvc.storage import ObjectNotFound, Storage
+from batchsvc.tenants import check_queued_requests
 from batchsvc.validation import DEFAULT_SUPPORTED_URLS, BatchRequest, BatchValidator
 
 log = logging.getLogger(__name__)
@@ -25,9 +27,9 @@ class ShardWriter:
     """Collects valid request lines into shard files of `shard_size` lines and
     uploads each one as soon as it is full, so only one shard sits on local disk."""
 
-    def __init__(self, storage: Storage, job_id: str, shard_size: int, workdir: Path):
+    def __init__(self, storage: Storage, job: Job, shard_size: int, workdir: Path):
         self.storage = storage
-        self.job_id = job_id
+        self.job = job
         self.shard_size = shard_size
         self.workdir = workdir
         self.shards: list[ShardInfo] = []
@@ -52,7 +54,7 @@ class ShardWriter:
         self._fh.close()
         index = len(self.shards)
         self.storage.put_file(
-            layout.shard_input_key(self.job_id, index), self.workdir / "shard.jsonl", "application/jsonl"
+            layout.shard_input_key(self.job, index), self.workdir / "shard.jsonl", "application/jsonl"
         )
         self.shards.append(ShardInfo(index=index, count=self._count, first_line=self._first_line))
         self._fh = None
@@ -66,13 +68,25 @@ class ShardWriter:
             self._fh.close()
             self._fh = None
         for shard in self.shards:
-            self.storage.delete(layout.shard_input_key(self.job_id, shard.index))
+            self.storage.delete(layout.shard_input_key(self.job, shard.index))
         self.shards = []
 
 
 def fail_job(svc: Services, job_id: str, errors: list[dict], error_count: int) -> None:
     if svc.jobs.fail(job_id, errors, error_count, expect=frozenset({JobStatus.QUEUED, JobStatus.VALIDATING})):
         log.info("job %s failed validation with %d error(s)", job_id, error_count)
+
+
+def _within_quota(svc: Services, job: Job, requests: int) -> bool:
+    """A fetched file's size was unknown at submit: check the tenant's queued-request
+    quota now, failing the job (nothing run) if it would pass it."""
+    others = [j for j in svc.jobs.active_jobs(job.tenant) if j.id != job.id]
+    try:
+        check_queued_requests(svc.tenants.get(job.tenant), svc.settings, svc.jobs, others, requests)
+    except ServiceError as exc:
+        fail_job(svc, job.id, [job_error("quota_exceeded", exc.message, "input_file_url")], 1)
+        return False
+    return True
 
 
 def prepare_job(svc: Services, job_id: str) -> Manifest | None:
@@ -94,7 +108,7 @@ def prepare_job(svc: Services, job_id: str) -> Manifest | None:
 
     input_key = job.input_key
     if input_key is None:
-        input_key = layout.input_key(job_id)
+        input_key = layout.input_key(job)
         try:
             fetch_to_storage(
                 job.input_url or "",
@@ -125,7 +139,7 @@ def prepare_job(svc: Services, job_id: str) -> Manifest | None:
         fail_job(svc, job_id, [job_error("input_missing", message, "input_file_id")], 1)
         return None
     with tempfile.TemporaryDirectory(prefix="batchsvc-prepare-") as workdir, source as stream:
-        writer = ShardWriter(svc.storage, job_id, settings.shard_size, Path(workdir))
+        writer = ShardWriter(svc.storage, job, settings.shard_size, Path(workdir))
         for request in validator.iter_valid(stream):
             # Keep validating after the first error, to report up to N of them,
             # but stop writing shards: nothing of a bad file is ever run.
@@ -138,7 +152,10 @@ def prepare_job(svc: Services, job_id: str) -> Manifest | None:
             return None
         shards = writer.close()
 
-    manifest = Manifest(job_id=job_id, model=job.model, total=report.valid, shards=shards)
+    if job.input_url is not None and not _within_quota(svc, job, report.valid):
+        writer.discard()
+        return None
+    manifest = Manifest(job_id=job_id, model=job.model, total=report.valid, shards=shards, tenant=job.tenant)
     manifest.save(svc.storage)
     svc.jobs.update(job_id, total=manifest.total, shard_count=len(shards))
     log.info("job %s: %d requests in %d shard(s)", job_id, manifest.total, len(shards))

@@ -39,12 +39,10 @@ def plan_redrive(svc: Services, job: Job) -> Redrive:
         return Redrive(job.id, "finalize")
     if job.status in (JobStatus.IN_PROGRESS, JobStatus.CANCELLING):
         try:
-            manifest = Manifest.load(svc.storage, job.id)
+            manifest = Manifest.load(svc.storage, job)
         except ObjectNotFound:
             return Redrive(job.id, "prepare")
-        missing = [
-            s.index for s in manifest.shards if not svc.storage.exists(layout.shard_summary_key(job.id, s.index))
-        ]
+        missing = [s.index for s in manifest.shards if not svc.storage.exists(layout.shard_summary_key(job, s.index))]
         return Redrive(job.id, "shards", missing) if missing else Redrive(job.id, "finalize")
     return Redrive(job.id, "none")
 
@@ -81,20 +79,20 @@ def redrive(svc: Services, job_id: str, send: Callable[[Redrive], None]) -> Redr
 def save_job_record(svc: Services, job_id: str) -> None:
     """Copy the job record to storage (at submit and when the job ends)."""
     job = svc.jobs.get(job_id)
-    svc.storage.put_bytes(layout.job_record_key(job_id), job.to_json(), "application/json")
+    svc.storage.put_bytes(layout.job_record_key(job), job.to_json(), "application/json")
 
 
-def rebuild_job(svc: Services, job_id: str) -> Job:
+def rebuild_job(svc: Services, job_id: str, tenant: str) -> Job:
     """Recreate a job Redis lost, from its record copy, manifest and shard
     summaries in storage. An active job comes back in_progress with the counts
     of its finished shards, ready to be re-driven."""
     try:
-        job = Job.from_json(svc.storage.get_bytes(layout.job_record_key(job_id)))
+        job = Job.from_json(svc.storage.get_bytes(layout.job_record_key(layout.JobKey(tenant, job_id))))
     except ObjectNotFound:
         raise JobNotFound(job_id) from None
     if not job.status.terminal:
         try:
-            manifest = Manifest.load(svc.storage, job_id)
+            manifest = Manifest.load(svc.storage, job)
         except ObjectNotFound:
             job.status = JobStatus.QUEUED  # never sharded: prepare runs again
         else:
@@ -102,7 +100,7 @@ def rebuild_job(svc: Services, job_id: str) -> Job:
             job.total, job.shard_count = manifest.total, len(manifest.shards)
             for shard in manifest.shards:
                 try:
-                    summary = ShardSummary.load(svc.storage, job_id, shard.index)
+                    summary = ShardSummary.load(svc.storage, job, shard.index)
                 except ObjectNotFound:
                     continue
                 counts = Counts(summary.succeeded, summary.failed, summary.prompt_tokens, summary.completion_tokens)

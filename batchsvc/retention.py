@@ -27,7 +27,7 @@ def expire_job_data(svc: Services, *, now: float | None = None) -> list[str]:
             continue
         if job.finished_at is None or job.finished_at > cutoff:
             continue
-        svc.storage.delete_prefix(layout.job_prefix(job.id))
+        svc.storage.delete_prefix(layout.job_prefix(job))
         for file_id in (job.input_file_id, job.output_file_id, job.error_file_id):
             if file_id is None:
                 continue
@@ -36,7 +36,7 @@ def expire_job_data(svc: Services, *, now: float | None = None) -> list[str]:
             except FileNotFound:
                 continue
             svc.storage.delete(record.key)
-            svc.files.delete(file_id)
+            svc.files.delete(record)
         svc.jobs.update(job.id, data_expired_at=now)
         expired.append(job.id)
     if expired:

@@ -8,11 +8,13 @@ import os
 import secrets
 from functools import cached_property
 
+from batchsvc.auth import KeyStore
 from batchsvc.files import FileStore
 from batchsvc.jobs import JobStore
 from batchsvc.models import ModelCatalog
 from batchsvc.settings import Settings, get_settings
 from batchsvc.storage import LocalStorage, S3Storage, Storage
+from batchsvc.tenants import TenantStore
 
 
 def signing_key(settings: Settings) -> bytes:
@@ -62,6 +64,14 @@ class Services:
     @cached_property
     def files(self) -> FileStore:
         return FileStore.from_settings(self.settings)
+
+    @cached_property
+    def keys(self) -> KeyStore:
+        return KeyStore.from_settings(self.settings)
+
+    @cached_property
+    def tenants(self) -> TenantStore:
+        return TenantStore.from_settings(self.settings)
 
     @cached_property
     def storage(self) -> Storage:

@@ -76,6 +76,18 @@ class Settings:
     signing_secret: str = ""
     result_link_ttl_s: int = 3600
 
+    # --- Access ---
+    # An admin key for the default tenant, installed at start-up when set (make demo, make up).
+    bootstrap_api_key: str = ""
+    # Requests per API key (Flask-Limiter notation); a tenant may have its own.
+    api_rate_limit: str = "1200/minute"
+    # Per-tenant quotas, unless the tenant has its own: jobs not yet ended, and
+    # their requests not yet answered. Past either, a submission answers 429.
+    tenant_max_active_jobs: int = 20
+    tenant_max_queued_requests: int = 2_000_000
+    # How long a replaced webhook secret keeps signing after a rotation.
+    webhook_secret_overlap_s: int = 24 * 3600
+
     # --- Input limits ---
     max_file_bytes: int = 200 * 1024 * 1024
     max_lines: int = 200_000
@@ -100,7 +112,8 @@ class Settings:
     webhook_backoff_max_s: float = 600.0
     # Space-separated `whsec_` secrets, newest first. Each adds one signature to every
     # webhook, so during a rotation receivers holding either secret verify. Empty sends
-    # webhooks unsigned (one warning per worker). One tenant ("default") until tenants arrive.
+    # webhooks unsigned (one warning per worker). These sign for tenants with no secret of
+    # their own (a single-tenant deployment); `batchsvc tenants rotate-webhook-secret` gives one.
     webhook_secrets: str = ""
 
     # --- Operations ---

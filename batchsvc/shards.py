@@ -22,7 +22,7 @@ import orjson
 
 from batchsvc import layout, outputs
 from batchsvc.engine import Engine, EngineRequest, EngineResult, get_engine
-from batchsvc.jobs import Counts
+from batchsvc.jobs import Counts, Job
 from batchsvc.lifecycle import StopReason, stop_reason
 from batchsvc.manifest import ShardSummary
 from batchsvc.models import ModelSpec
@@ -32,9 +32,9 @@ from batchsvc.storage import ObjectNotFound, Storage
 log = logging.getLogger(__name__)
 
 
-def read_shard_requests(storage: Storage, job_id: str, index: int) -> list[EngineRequest]:
+def read_shard_requests(storage: Storage, job: layout.JobRef, index: int) -> list[EngineRequest]:
     requests = []
-    with storage.open(layout.shard_input_key(job_id, index)) as stream:
+    with storage.open(layout.shard_input_key(job, index)) as stream:
         for raw in stream:
             if raw.strip():
                 item = orjson.loads(raw)
@@ -42,12 +42,12 @@ def read_shard_requests(storage: Storage, job_id: str, index: int) -> list[Engin
     return requests
 
 
-def read_checkpoint(storage: Storage, job_id: str, index: int) -> tuple[dict[str, bytes], int]:
+def read_checkpoint(storage: Storage, job: layout.JobRef, index: int) -> tuple[dict[str, bytes], int]:
     """Lines already answered by earlier runs (custom_id -> output line), and the
     number of parts, so new parts never overwrite old ones."""
     done: dict[str, bytes] = {}
     parts = 0
-    for info in storage.list(layout.shard_parts_prefix(job_id, index)):
+    for info in storage.list(layout.shard_parts_prefix(job, index)):
         parts += 1
         with storage.open(info.key) as stream:
             for raw in stream:
@@ -72,13 +72,14 @@ def result_line(job_id: str, model: str, request: EngineRequest, result: EngineR
 
 
 class ShardRun:
-    def __init__(self, svc: Services, job_id: str, index: int, spec: ModelSpec, model_name: str):
+    def __init__(self, svc: Services, job: Job, index: int, spec: ModelSpec):
         self.svc = svc
         self.storage = svc.storage
-        self.job_id = job_id
+        self.job = job
+        self.job_id = job.id
         self.index = index
         self.spec = spec
-        self.model_name = model_name
+        self.model_name = job.model
         self.tally = outputs.Tally()
         self.done: dict[str, bytes] = {}
         self._buffer: list[bytes] = []
@@ -91,7 +92,7 @@ class ShardRun:
         if self._buffer:
             data = b"\n".join(self._buffer) + b"\n"
             self.storage.put_bytes(
-                layout.shard_part_key(self.job_id, self.index, self._next_part, self.run_id), data, "application/jsonl"
+                layout.shard_part_key(self.job, self.index, self._next_part, self.run_id), data, "application/jsonl"
             )
             self._next_part += 1
             self._buffer = []
@@ -118,8 +119,8 @@ class ShardRun:
         """Answer the requests the checkpoints do not hold yet: with `engine`, or,
         when `give_up` says why, as error lines, so the job can still finish.
         A cancel or an expiry seen at a checkpoint stops the engine the same way."""
-        requests = read_shard_requests(self.storage, self.job_id, self.index)
-        self.done, self._next_part = read_checkpoint(self.storage, self.job_id, self.index)
+        requests = read_shard_requests(self.storage, self.job, self.index)
+        self.done, self._next_part = read_checkpoint(self.storage, self.job, self.index)
         for raw in self.done.values():
             self.tally.add(orjson.loads(raw))
         by_id = {r.custom_id: r for r in requests}
@@ -150,7 +151,7 @@ class ShardRun:
         return self._assemble(requests)
 
     def _assemble(self, requests: list[EngineRequest]) -> ShardSummary:
-        output_key = layout.shard_output_key(self.job_id, self.index, self.run_id)
+        output_key = layout.shard_output_key(self.job, self.index, self.run_id)
         digest = hashlib.sha256()
         with tempfile.NamedTemporaryFile(prefix="batchsvc-shard-") as tmp:
             for request in requests:
@@ -171,26 +172,27 @@ class ShardRun:
             latency_sum=round(self.tally.latency_sum, 6),
             latency_count=self.tally.latency_count,
             sha256=digest.hexdigest(),
+            tenant=self.job.tenant,
         )
         if not summary.save_if_absent(self.storage):
             # A duplicate run of this shard finished first (conditional create):
             # its summary and output are the shard's; drop ours.
             self.storage.delete(output_key)
-            return ShardSummary.load(self.storage, self.job_id, self.index)
-        self.storage.delete_prefix(layout.shard_parts_prefix(self.job_id, self.index))
+            return ShardSummary.load(self.storage, self.job, self.index)
+        self.storage.delete_prefix(layout.shard_parts_prefix(self.job, self.index))
         return summary
 
 
 def _shard_run(svc: Services, job_id: str, index: int) -> ShardRun | ShardSummary:
+    job = svc.jobs.get(job_id)
     try:
-        return ShardSummary.load(svc.storage, job_id, index)
+        return ShardSummary.load(svc.storage, job, index)
     except ObjectNotFound:
         pass
-    job = svc.jobs.get(job_id)
     spec = svc.models.get(job.model)
     if spec is None:
         raise LookupError(f"model {job.model!r} of job {job_id} is not in the catalogue")
-    return ShardRun(svc, job_id, index, spec, job.model)
+    return ShardRun(svc, job, index, spec)
 
 
 def run_shard(

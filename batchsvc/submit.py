@@ -11,12 +11,13 @@ import orjson
 from batchsvc import layout
 from batchsvc.errors import ErrorType, ServiceError
 from batchsvc.files import FileRecord, new_file_id
-from batchsvc.jobs import Counts, Job, job_error, new_job_id
+from batchsvc.jobs import ActiveLimitReached, Counts, Job, job_error, new_job_id
 from batchsvc.netguard import Allowlist, BlockedURL, OutboundError, vet
 from batchsvc.progress import estimate_completion
 from batchsvc.recovery import save_job_record
 from batchsvc.services import Services
 from batchsvc.storage import ObjectNotFound
+from batchsvc.tenants import active_jobs_error, check_quota, max_active_jobs
 
 
 class CappedReader:
@@ -88,13 +89,23 @@ def _refuse_blocked_urls(svc: Services, **urls: str | None) -> None:
             pass
 
 
-def store_upload(svc: Services, stream: IO[bytes], filename: str, purpose: str = "batch") -> FileRecord:
+def store_upload(svc: Services, tenant: str, stream: IO[bytes], filename: str, purpose: str = "batch") -> FileRecord:
     """Store an uploaded input file (OpenAI Files API) under the same byte cap as
     a /v1/batch upload; past it, nothing is stored."""
     record_id = new_file_id()
-    key = layout.file_key(record_id)
-    info = svc.storage.put_stream(key, CappedReader(stream, svc.settings.max_file_bytes), "application/jsonl")  # type: ignore[arg-type]
-    return svc.files.save(FileRecord(id=record_id, filename=filename, purpose=purpose, size=info.size, key=key))
+    key = layout.file_key(tenant, record_id)
+    reader = CappedReader(stream, svc.settings.max_file_bytes)
+    info = svc.storage.put_stream(key, reader, "application/jsonl")  # type: ignore[arg-type]
+    record = FileRecord(
+        id=record_id,
+        filename=filename,
+        purpose=purpose,
+        size=info.size,
+        key=key,
+        tenant=tenant,
+        lines=reader.line_estimate,
+    )
+    return svc.files.save(record)
 
 
 def model_of_first_line(svc: Services, record: FileRecord) -> str | None:
@@ -124,6 +135,7 @@ def model_of_first_line(svc: Services, record: FileRecord) -> str | None:
 def submit_job(
     svc: Services,
     *,
+    tenant: str,
     model: str,
     enqueue: Callable[[str], None],
     input_url: str | None = None,
@@ -134,9 +146,10 @@ def submit_job(
     endpoint: str | None = None,
     completion_window: str | None = None,
 ) -> Job:
-    """Record a job as queued and hand its id to `enqueue` (which sends the
-    prepare task). The input is exactly one of: a URL to fetch, an upload to
-    store now, or a file already uploaded through the Files API."""
+    """Record a job of `tenant` as queued and hand its id to `enqueue` (which
+    sends the prepare task). The input is exactly one of: a URL to fetch, an
+    upload to store now, or a file already uploaded through the Files API.
+    Past the tenant's quotas it answers 429 and keeps nothing."""
     if sum(x is not None for x in (input_url, upload, input_file)) != 1:
         raise ServiceError(
             ErrorType.VALIDATION,
@@ -154,8 +167,12 @@ def submit_job(
                 "available": svc.models.aliases(),
             },
         )
+    policy = svc.tenants.get(tenant)
+    # A URL's size is known once fetched: prepare checks the queued-request quota then.
+    check_quota(policy, svc.settings, svc.jobs, (input_file.lines or 0) if input_file else 0)
     job = Job(
         id=new_job_id(),
+        tenant=tenant,
         model=model,
         webhook_url=webhook_url,
         metadata=metadata or {},
@@ -170,15 +187,25 @@ def submit_job(
         job.input_file_id = input_file.id
     if upload is not None:
         reader = CappedReader(upload, svc.settings.max_file_bytes)
-        key = layout.input_key(job.id)
+        key = layout.input_key(job)
         svc.storage.put_stream(key, reader, "application/jsonl")  # type: ignore[arg-type]
         job.input_key = key
         job.total = reader.line_estimate  # an estimate until validation counts request lines
+        try:
+            check_quota(policy, svc.settings, svc.jobs, job.total)
+        except ServiceError:
+            svc.storage.delete(key)
+            raise
     fallback = svc.jobs.model_rate(model) or spec.expected_req_per_sec
     job.estimated_completion = estimate_completion(
         now=job.created_at, total=job.total, counts=Counts(), started_at=None, fallback_req_per_sec=fallback
     )
-    svc.jobs.create(job)
+    try:
+        svc.jobs.create(job, max_active=max_active_jobs(policy, svc.settings))
+    except ActiveLimitReached as exc:  # another submission took the last place meanwhile
+        if upload is not None:
+            svc.storage.delete(job.input_key or "")
+        raise active_jobs_error(tenant, exc.limit) from None
     save_job_record(svc, job.id)
     try:
         enqueue(job.id)

@@ -14,6 +14,7 @@ import redis.exceptions
 from celery import Task, chord
 
 from batchsvc import layout, webhooks
+from batchsvc.auth import DEFAULT_TENANT
 from batchsvc.finalize import finalize_job
 from batchsvc.jobs import Job, JobStatus, job_error, job_priority
 from batchsvc.netguard import Allowlist
@@ -25,6 +26,7 @@ from batchsvc.settings import get_settings
 from batchsvc.shards import give_up_shard, run_shard
 from batchsvc.storage import StorageUnavailable
 from batchsvc.submit import submit_job
+from batchsvc.tenants import webhook_secrets
 from tasks.celery_app import (
     FINALIZE,
     PREPARE,
@@ -44,12 +46,13 @@ from tasks.schedule import rescoring_entry
 log = logging.getLogger(__name__)
 
 
-def start_chord(job_id: str, model: str, shard_indexes: list[int]) -> None:
+def start_chord(job_id: str, shard_indexes: list[int]) -> None:
     """One shard task per index on the model's queue, then finalize."""
     svc = current_services()
-    queue = llm_queue(svc.settings, model)
-    priority = celery_priority(job_priority(svc.jobs.get(job_id).metadata))
-    header = [shard.si(job_id, i).set(queue=queue, priority=priority) for i in shard_indexes]
+    job = svc.jobs.get(job_id)
+    queue = llm_queue(svc.settings, job.model)
+    priority = celery_priority(job_priority(job.metadata))
+    header = [shard.si(job_id, i, job.tenant).set(queue=queue, priority=priority) for i in shard_indexes]
     chord(header)(finalize.s(job_id).set(queue=svc.settings.cpu_queue, priority=priority))
 
 
@@ -58,7 +61,7 @@ def send_redrive(plan: Redrive) -> None:
     if plan.step == "prepare":
         prepare.apply_async((plan.job_id,), queue=svc.settings.cpu_queue)
     elif plan.step == "shards":
-        start_chord(plan.job_id, svc.jobs.get(plan.job_id).model, plan.shards)
+        start_chord(plan.job_id, plan.shards)
     elif plan.step == "finalize":
         finalize.apply_async(([], plan.job_id), queue=svc.settings.cpu_queue)
 
@@ -96,7 +99,7 @@ def prepare(self: Task, job_id: str) -> int:
         return 0
     # Only the delivery that moves the job to in_progress starts the chord.
     if svc.jobs.transition(job_id, JobStatus.IN_PROGRESS, expect={JobStatus.VALIDATING}, in_progress_at=time.time()):
-        start_chord(job_id, manifest.model, [s.index for s in manifest.shards])
+        start_chord(job_id, [s.index for s in manifest.shards])
     return len(manifest.shards)
 
 
@@ -108,14 +111,17 @@ def prepare(self: Task, job_id: str) -> int:
     max_retries=None,
     soft_time_limit=get_settings().shard_soft_time_limit_s,
 )
-def shard(self: Task, job_id: str, index: int) -> dict:
+def shard(self: Task, job_id: str, index: int, tenant: str = "default") -> dict:
+    """`tenant` rides in the message so that a refund can be written to storage
+    (under the tenant's prefix) while Redis, which knows the job, is down."""
     svc = current_services()
+    job = layout.JobKey(tenant, job_id)
     cap = svc.settings.shard_max_attempts
     counted, attempt = False, 0
     try:
         attempt = svc.jobs.shard_attempt(job_id, index)
         counted = True
-        attempt -= _refunds(svc, job_id, index)
+        attempt -= _refunds(svc, job, index)
         if attempt > cap:
             # Earlier deliveries died with their worker (OOM, a crash in the engine):
             # answer the rest with error lines instead of killing more workers.
@@ -126,7 +132,7 @@ def shard(self: Task, job_id: str, index: int) -> dict:
         # Storage or Redis blinked: not the shard's fault, so this start does not
         # count, and the checkpoint keeps the work done so far.
         if counted:
-            _refund(svc, job_id, index)
+            _refund(svc, job, index)
         raise self.retry(exc=exc, countdown=_backoff(self.request.retries + 1)) from None
     except Exception as exc:
         # The engine failed on this shard (a crash, a bug, a time limit). Try
@@ -135,19 +141,19 @@ def shard(self: Task, job_id: str, index: int) -> dict:
         raise self.retry(exc=exc, countdown=_backoff(attempt)) from None
 
 
-def _refund(svc: Services, job_id: str, index: int) -> None:
+def _refund(svc: Services, job: layout.JobKey, index: int) -> None:
     """Take back a start an outage ended: in Redis, or, when Redis is what is
     down, as a marker in storage that the next start subtracts."""
     try:
-        svc.jobs.shard_attempt(job_id, index, -1)
+        svc.jobs.shard_attempt(job.job_id, index, -1)
     except TRANSIENT:
         with contextlib.suppress(*TRANSIENT):
-            marker = layout.shard_refunds_prefix(job_id, index) + uuid.uuid4().hex
+            marker = layout.shard_refunds_prefix(job, index) + uuid.uuid4().hex
             svc.storage.put_bytes(marker, b"", "application/octet-stream")
 
 
-def _refunds(svc: Services, job_id: str, index: int) -> int:
-    return sum(1 for _ in svc.storage.list(layout.shard_refunds_prefix(job_id, index)))
+def _refunds(svc: Services, job: layout.JobKey, index: int) -> int:
+    return sum(1 for _ in svc.storage.list(layout.shard_refunds_prefix(job, index)))
 
 
 def _backoff(attempt: int) -> float:
@@ -189,7 +195,7 @@ def webhook(self: Task, job_id: str) -> str:
             body,
             msg_id,
             timeout=settings.webhook_timeout_s,
-            secrets=settings.webhook_secrets.split(),
+            secrets=webhook_secrets(svc.tenants.get(job.tenant), settings),
             allow=Allowlist.parse(settings.outbound_allowlist),
         )
     except webhooks.WebhookBlocked as exc:
@@ -218,6 +224,7 @@ def rescore(self: Task, name: str) -> str:
     entry = rescoring_entry(svc.settings, name)
     job = submit_job(
         svc,
+        tenant=entry.get("tenant", DEFAULT_TENANT),
         model=entry["model"],
         input_url=entry["input_file_url"],
         webhook_url=entry.get("webhook_url"),

@@ -22,13 +22,17 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["celery"] = create_celery(settings)
     logging.basicConfig(level=settings.log_level)
 
+    from web import auth
+    from web.admin_api import bp as admin_bp
     from web.api import bp
     from web.errors import register_error_handlers
     from web.health import health
     from web.openai_api import bp as openai_bp
 
+    register_error_handlers(app)
+    auth.install(app)
     app.register_blueprint(bp)
     app.register_blueprint(openai_bp)
+    app.register_blueprint(admin_bp)
     app.register_blueprint(health)
-    register_error_handlers(app)
     return app

@@ -10,6 +10,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
 
 from batchsvc import progress
+from batchsvc.auth import Role
 from batchsvc.errors import ErrorType, JobNotFound, ServiceError
 from batchsvc.jobs import Job, JobStatus, job_priority
 from batchsvc.lifecycle import cancel_job
@@ -20,6 +21,7 @@ from batchsvc.storage import InvalidDownloadToken, LocalStorage, ObjectNotFound
 from batchsvc.submit import submit_job
 from tasks.celery_app import PREPARE, REDRIVE, celery_priority
 from web.audit import audited
+from web.auth import current_key, requires, visible_job, visible_tenant
 from web.schemas import ListJobsSchema, SubmitBatchFormSchema, SubmitBatchSchema
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
@@ -86,12 +88,14 @@ def _read_submission() -> tuple[dict[str, Any], Any]:
 
 @bp.post("/batch")
 @audited("submit")
+@requires(Role.SUBMITTER)
 def submit_batch() -> tuple[Response, int]:
     args, upload = _read_submission()
     metadata = args.get("metadata") or {}
     try:
         job = submit_job(
             services(),
+            tenant=current_key().tenant,
             model=args["model"],
             input_url=args.get("input_file_url"),
             upload=upload,
@@ -157,8 +161,7 @@ def job_view(svc: Services, job: Job) -> dict[str, Any]:
 
 @bp.get("/batch/<job_id>")
 def get_batch(job_id: str) -> Response:
-    svc = services()
-    return jsonify(job_view(svc, svc.jobs.get(job_id)))
+    return jsonify(job_view(services(), visible_job(job_id)))
 
 
 @bp.get("/batch")
@@ -166,7 +169,7 @@ def list_batches() -> Response:
     args = ListJobsSchema().load(request.args.to_dict())
     svc = services()
     jobs = []
-    for job_id in svc.jobs.list_ids(limit=args["limit"] + 1, after=args["after"]):
+    for job_id in svc.jobs.list_ids(limit=args["limit"] + 1, after=args["after"], tenant=visible_tenant()):
         try:
             jobs.append(svc.jobs.get(job_id))
         except JobNotFound:  # its record was removed; the index catches up later
@@ -190,7 +193,7 @@ def get_results(job_id: str) -> Response:
     """Links to the results. `?partial=true` also answers while the job runs,
     with links to what has finished so far."""
     svc = services()
-    job = svc.jobs.get(job_id)
+    job = visible_job(job_id)
     if job.data_expired_at is not None:
         raise ServiceError(
             ErrorType.GONE,
@@ -238,25 +241,30 @@ def get_results(job_id: str) -> Response:
 @audited("results_partial")
 def get_partial(job_id: str) -> Response:
     """Stream the lines finished so far: complete JSON lines, never a torn one."""
-    svc = services()
-    svc.jobs.get(job_id)  # 404 for an unknown job
+    job = visible_job(job_id)
     kind = request.args.get("kind", "results")
     if kind not in ("results", "errors"):
         raise ServiceError(ErrorType.VALIDATION, "kind must be results or errors", {"fields": {"kind": [kind]}})
-    lines = finished_lines(svc.storage, job_id, successes=kind == "results")
+    lines = finished_lines(services().storage, job, successes=kind == "results")
     return Response(lines, mimetype="application/jsonl")
 
 
 @bp.post("/batch/<job_id>/retry")
 @audited("retry")
+@requires(Role.SUBMITTER)
 def retry_batch(job_id: str) -> tuple[Response, int]:
     """Re-drive what a job is missing (lost shards, a lost finalize): the same
     as the sweeper does for stalled jobs, now, for this one job."""
     svc = services()
     try:
-        job = svc.jobs.get(job_id)
+        job = visible_job(job_id)
     except JobNotFound:
-        job = rebuild_job(svc, job_id)  # Redis lost it: storage still knows it (or this is a 404 too)
+        if svc.jobs.exists(job_id):
+            raise
+        # Redis lost it: storage still knows it, under the caller's tenant (an
+        # admin may name another with ?tenant=), or this is a 404 too.
+        tenant = visible_tenant() or request.args.get("tenant", current_key().tenant)
+        job = rebuild_job(svc, job_id, tenant)
     if request.args.get("scope") == "failed_requests":
         return _retry_failed_requests(svc, job)
     if job.status.terminal:
@@ -277,6 +285,7 @@ def _retry_failed_requests(svc: Services, job: Job) -> tuple[Response, int]:
         metadata = {**job.metadata, "retry_of": job.id}
         new = submit_job(
             svc,
+            tenant=job.tenant,
             model=job.model,
             upload=retry_input,
             webhook_url=job.webhook_url,
@@ -290,9 +299,10 @@ def _retry_failed_requests(svc: Services, job: Job) -> tuple[Response, int]:
 
 @bp.post("/batch/<job_id>/cancel")
 @audited("cancel")
+@requires(Role.SUBMITTER)
 def cancel_batch(job_id: str) -> Response:
     svc = services()
-    return jsonify(job_view(svc, cancel_job(svc, job_id)))
+    return jsonify(job_view(svc, cancel_job(svc, visible_job(job_id).id)))
 
 
 @bp.get("/downloads/<token>")

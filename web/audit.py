@@ -22,6 +22,21 @@ def _outcome(status: int) -> str:
     return "ok" if status < 400 else "denied" if status in (401, 403) else "error"
 
 
+def write(action: str, status: int, **ids: str | None) -> None:
+    """One audit line for `action` ending in HTTP `status`, naming the caller and the objects."""
+    record = {
+        "audit": action,
+        "tenant": getattr(g, "tenant", None),
+        "key_id": getattr(g, "key_id", None),
+        **ids,
+        "target_key_id": getattr(g, "audit_target_key_id", None),
+        "client_ip": request.remote_addr,
+        "status": status,
+        "outcome": _outcome(status),
+    }
+    log.info(orjson.dumps({k: v for k, v in record.items() if v is not None}).decode())
+
+
 def audited(action: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Log `action` for the decorated view, with the job id from its URL."""
 
@@ -40,17 +55,13 @@ def audited(action: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
                 status = exc.code or 500
                 raise
             finally:
-                record = {
-                    "audit": action,
-                    "tenant": getattr(g, "tenant", "default"),
-                    "key_id": getattr(g, "key_id", None),
-                    "job_id": kwargs.get("job_id") or kwargs.get("batch_id") or getattr(g, "audit_job_id", None),
-                    "file_id": kwargs.get("file_id") or getattr(g, "audit_file_id", None),
-                    "client_ip": request.remote_addr,
-                    "status": status,
-                    "outcome": _outcome(status),
-                }
-                log.info(orjson.dumps({k: v for k, v in record.items() if v is not None}).decode())
+                write(
+                    action,
+                    status,
+                    job_id=kwargs.get("job_id") or kwargs.get("batch_id") or getattr(g, "audit_job_id", None),
+                    file_id=kwargs.get("file_id") or getattr(g, "audit_file_id", None),
+                    target_tenant=kwargs.get("tenant"),
+                )
 
         return wrapper
 

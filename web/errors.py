@@ -28,7 +28,9 @@ _HTTP_TYPES = {
 
 
 def error_response(error: ServiceError) -> tuple[Response, int]:
-    return jsonify(error.to_dict()), error.type.status
+    response = jsonify(error.to_dict())
+    response.headers.update(error.headers)
+    return response, error.type.status
 
 
 def register_error_handlers(app: Flask) -> None:

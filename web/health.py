@@ -7,8 +7,10 @@ from flask import Blueprint, Response, current_app, jsonify
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from batchsvc.auth import Role
 from batchsvc.services import Services
 from tasks.celery_app import queue_keys
+from web.auth import requires
 
 health = Blueprint("health", __name__)
 
@@ -35,9 +37,11 @@ def readyz() -> tuple[Response, int]:
 
 
 @health.get("/metrics")
+@requires(Role.ADMIN)
 def metrics() -> Response:
     """Queue depths read from the broker at scrape time, so every web process
-    reports the same figures without shared in-process state."""
+    reports the same figures without shared in-process state. They span every
+    tenant, so only admin keys read them (Prometheus: `authorization: credentials`)."""
     svc = _services()
     registry = CollectorRegistry()
     depth = Gauge("batchsvc_queue_depth", "Messages waiting in a Celery queue", ["queue"], registry=registry)

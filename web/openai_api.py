@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
+from batchsvc.auth import Role
 from batchsvc.errors import ErrorType, JobNotFound, ServiceError
 from batchsvc.files import FileNotFound, FileRecord
 from batchsvc.jobs import Job, JobStatus
@@ -20,6 +21,7 @@ from batchsvc.storage import ObjectNotFound, content_disposition
 from batchsvc.submit import model_of_first_line, store_upload, submit_job
 from web.api import enqueue_prepare
 from web.audit import audited
+from web.auth import current_key, requires, visible_file, visible_job, visible_tenant
 from web.openai_schemas import UPLOAD_PURPOSE, CreateBatchSchema, ListFilesSchema, UploadFileSchema
 from web.schemas import ListJobsSchema
 
@@ -102,6 +104,7 @@ def file_object(record: FileRecord) -> dict[str, Any]:
 
 @bp.post("/files")
 @audited("file_upload")
+@requires(Role.SUBMITTER)
 def create_file() -> Response:
     if request.mimetype != "multipart/form-data":
         raise ServiceError(
@@ -113,7 +116,7 @@ def create_file() -> Response:
     upload = args["file"]
     svc = services()
     try:
-        record = store_upload(svc, upload.stream, args["filename"], UPLOAD_PURPOSE)
+        record = store_upload(svc, current_key().tenant, upload.stream, args["filename"], UPLOAD_PURPOSE)
     finally:
         upload.close()  # a large upload spools to a temp file: release it now
     g.audit_file_id = record.id
@@ -125,7 +128,7 @@ def list_files() -> Response:
     args = ListFilesSchema().load(request.args.to_dict())
     files = services().files
     page, has_more = _page(
-        lambda n, after: files.list_ids(limit=n, after=after),
+        lambda n, after: files.list_ids(limit=n, after=after, tenant=visible_tenant()),
         files.get,
         limit=args["limit"],
         after=args["after"],
@@ -136,14 +139,14 @@ def list_files() -> Response:
 
 @bp.get("/files/<file_id>")
 def get_file(file_id: str) -> Response:
-    return jsonify(file_object(services().files.get(file_id)))
+    return jsonify(file_object(visible_file(file_id)))
 
 
 @bp.get("/files/<file_id>/content")
 @audited("file_download")
 def get_file_content(file_id: str) -> Response:
     svc = services()
-    record = svc.files.get(file_id)
+    record = visible_file(file_id)
     try:
         stream = svc.storage.open(record.key)
     except ObjectNotFound:
@@ -166,15 +169,16 @@ def get_file_content(file_id: str) -> Response:
 
 @bp.delete("/files/<file_id>")
 @audited("file_delete")
+@requires(Role.SUBMITTER)
 def delete_file(file_id: str) -> Response:
     """An uploaded file loses its bytes and its record. A batch's output or error
     file loses its record only: the bytes are the job's results, which the
     /v1/batch API of the same job still serves."""
     svc = services()
-    record = svc.files.get(file_id)
+    record = visible_file(file_id)
     if record.purpose == UPLOAD_PURPOSE:
         svc.storage.delete(record.key)
-    svc.files.delete(file_id)
+    svc.files.delete(record)
     return jsonify({"id": file_id, "object": "file", "deleted": True})
 
 
@@ -228,13 +232,16 @@ def batch_object(svc: Services, job: Job) -> dict[str, Any]:
 
 @bp.post("/batches")
 @audited("submit")
+@requires(Role.SUBMITTER)
 def create_batch() -> Response:
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
         raise ServiceError(ErrorType.INVALID_REQUEST, "request body must be a JSON object")
     args = CreateBatchSchema().load(body)
     svc = services()
-    input_file = svc.files.get(args["input_file_id"])
+    input_file = visible_file(args["input_file_id"])
+    if input_file.tenant != current_key().tenant:  # an admin runs jobs as its own tenant only
+        raise FileNotFound(input_file.id)
     if input_file.purpose != UPLOAD_PURPOSE:
         raise ServiceError(
             ErrorType.VALIDATION,
@@ -251,6 +258,7 @@ def create_batch() -> Response:
         )
     job = submit_job(
         svc,
+        tenant=current_key().tenant,
         model=model,
         enqueue=enqueue_prepare(metadata),
         input_file=input_file,
@@ -264,15 +272,15 @@ def create_batch() -> Response:
 
 @bp.get("/batches/<batch_id>")
 def get_batch(batch_id: str) -> Response:
-    svc = services()
-    return jsonify(batch_object(svc, svc.jobs.get(batch_id)))
+    return jsonify(batch_object(services(), visible_job(batch_id)))
 
 
 @bp.post("/batches/<batch_id>/cancel")
 @audited("cancel")
+@requires(Role.SUBMITTER)
 def cancel_batch(batch_id: str) -> Response:
     svc = services()
-    return jsonify(batch_object(svc, cancel_job(svc, batch_id)))
+    return jsonify(batch_object(svc, cancel_job(svc, visible_job(batch_id).id)))
 
 
 @bp.get("/batches")
@@ -280,6 +288,9 @@ def list_batches() -> Response:
     args = ListJobsSchema().load(request.args.to_dict())
     svc = services()
     page, has_more = _page(
-        lambda n, after: svc.jobs.list_ids(limit=n, after=after), svc.jobs.get, limit=args["limit"], after=args["after"]
+        lambda n, after: svc.jobs.list_ids(limit=n, after=after, tenant=visible_tenant()),
+        svc.jobs.get,
+        limit=args["limit"],
+        after=args["after"],
     )
     return jsonify(_list_body([batch_object(svc, job) for job in page], has_more))

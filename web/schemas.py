@@ -57,3 +57,43 @@ class ListJobsSchema(Schema):
 
     limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
     after = fields.String(load_default=None)
+
+
+# --- admin ---------------------------------------------------------------------------
+
+_TENANT = validate.Regexp(r"^[a-z0-9][a-z0-9_-]{0,62}$", error="lower-case letters, digits, '-' and '_'")
+
+
+class CreateKeySchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    tenant = fields.String(required=True, validate=_TENANT)
+    role = fields.String(required=True, validate=validate.OneOf(["viewer", "submitter", "admin"]))
+    name = fields.String(load_default="", validate=validate.Length(max=200))
+
+
+class TenantPolicySchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    max_active_jobs = fields.Integer(allow_none=True, validate=validate.Range(min=1))
+    max_queued_requests = fields.Integer(allow_none=True, validate=validate.Range(min=1))
+    rate_limit = fields.String(allow_none=True, validate=lambda value: _check_rate_limit(value))
+    ip_allowlist = fields.List(fields.String(validate=validate.Length(max=64)), allow_none=True)
+
+
+def _check_rate_limit(value: str) -> None:
+    from limits import parse_many
+
+    try:
+        parse_many(value)
+    except ValueError:
+        raise ValidationError("a rate limit like '600/minute' or '10 per second'") from None
+
+
+class RotateSecretSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    secret = fields.String(validate=validate.Length(min=10, max=200))

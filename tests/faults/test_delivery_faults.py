@@ -139,8 +139,8 @@ def test_finalize_run_twice_concurrently(
     assert_invariants(outcome, requests, watch)
     assert merged >= 1
     # One results object and one errors object, at their fixed keys.
-    keys = [i.key for i in stack.storage.list(layout.job_prefix(job_id))]
+    keys = [i.key for i in stack.storage.list(layout.job_prefix(layout.JobKey("default", job_id)))]
     assert [k for k in keys if k.endswith(("results.jsonl", "errors.jsonl"))] == sorted(
-        [layout.errors_key(job_id), layout.results_key(job_id)]
+        [layout.errors_key(layout.JobKey("default", job_id)), layout.results_key(layout.JobKey("default", job_id))]
     )
     assert len(outcome.deliveries) == 1  # one webhook task, not one per finalizer

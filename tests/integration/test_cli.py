@@ -21,14 +21,17 @@ BATCHSVC = Path(sys.executable).parent / "batchsvc"  # the console script pip in
 JOB_ID_RE = re.compile(r"batch_[0-9a-f]{32}")
 
 
+API_KEY: dict[str, str] = {}  # the stack's submitter key, set by the url fixture
+
+
 @pytest.fixture(scope="module")
 def url(local_stack: Stack) -> str:
+    API_KEY["key"] = local_stack.api_key
     return local_stack.serve_http()
 
 
 def batchsvc(url: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "BATCHSVC_URL": url}
-    env.pop("BATCHSVC_API_KEY", None)
+    env = {**os.environ, "BATCHSVC_URL": url, "BATCHSVC_API_KEY": API_KEY["key"]}
     return subprocess.run([str(BATCHSVC), *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 

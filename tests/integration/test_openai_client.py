@@ -23,7 +23,7 @@ TERMINAL = ("completed", "failed", "cancelled", "expired")
 
 @pytest.fixture(scope="module")
 def client(s3_stack: Stack) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=f"{s3_stack.serve_http()}/v1", api_key="unused") as c:
+    with openai.OpenAI(base_url=f"{s3_stack.serve_http()}/v1", api_key=s3_stack.api_key) as c:
         yield c
 
 
@@ -173,7 +173,9 @@ def test_a_bad_line_fails_the_batch_naming_it_and_runs_nothing(
     assert (final.request_counts.completed, final.request_counts.failed) == (0, 0)
     assert final.output_file_id is None and final.error_file_id is None
     # Only the job record's copy: no shard was cut, nothing ran.
-    assert [i.key for i in s3_stack.storage.list(layout.job_prefix(batch.id))] == [layout.job_record_key(batch.id)]
+    assert [i.key for i in s3_stack.storage.list(layout.job_prefix(layout.JobKey("default", batch.id)))] == [
+        layout.job_record_key(layout.JobKey("default", batch.id))
+    ]
 
 
 def test_bad_requests_raise_the_clients_typed_errors_with_our_messages(client: openai.OpenAI, tmp_path: Path) -> None:

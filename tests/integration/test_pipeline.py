@@ -73,7 +73,11 @@ def test_thousand_line_job_from_url_to_s3_with_webhook(
     assert_scored(lines_of(fetch(results["results_url"])), requests)
     assert fetch(results["errors_url"]) == b""
     # 1000 lines at shard_size 256: four shards ran.
-    shard_outputs = [i.key for i in s3_stack.storage.list(layout.job_prefix(job_id)) if i.key.endswith("output.jsonl")]
+    shard_outputs = [
+        i.key
+        for i in s3_stack.storage.list(layout.job_prefix(layout.JobKey("default", job_id)))
+        if i.key.endswith("output.jsonl")
+    ]
     assert len(shard_outputs) == 4
 
     hooks = wait_until(lambda: [p for p in http_server.posts() if p.path == "/hooks/batch"], 60, what="webhook")
@@ -99,8 +103,11 @@ def test_bad_line_fails_the_job_with_its_line_number_and_runs_nothing(s3_stack: 
     assert job["status"] == "failed"
     assert [(e["line"], e["code"]) for e in job["errors"]] == [(3, "invalid_method")]
     assert job["progress"]["completed"] == job["progress"]["failed"] == 0
-    keys = [i.key for i in s3_stack.storage.list(layout.job_prefix(job_id))]
-    assert keys == [layout.input_key(job_id), layout.job_record_key(job_id)]  # no shard, no output: nothing ran
+    keys = [i.key for i in s3_stack.storage.list(layout.job_prefix(layout.JobKey("default", job_id)))]
+    assert keys == [
+        layout.input_key(layout.JobKey("default", job_id)),
+        layout.job_record_key(layout.JobKey("default", job_id)),
+    ]  # no shard, no output: nothing ran
     conflict = s3_stack.client.get(f"/v1/batch/{job_id}/results")
     assert conflict.status_code == 409
     assert conflict.get_json()["error"]["type"] == "conflict"

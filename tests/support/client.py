@@ -6,9 +6,12 @@ import io
 from typing import Any
 
 import orjson
+from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.datastructures import FileStorage
 from werkzeug.test import TestResponse, encode_multipart
+
+from batchsvc.auth import Role
 
 
 def upload(client: FlaskClient, data: bytes, model: str, **fields: Any) -> TestResponse:
@@ -35,3 +38,28 @@ def error_of(response: TestResponse, status: int, type_: str) -> dict[str, Any]:
     assert isinstance(error["details"], dict)
     assert "Traceback" not in response.get_data(as_text=True)
     return error
+
+
+def keyed_client_class(key: str) -> type[FlaskClient]:
+    """A test client class that sends `key` as its Bearer token unless a request
+    sets its own Authorization header."""
+
+    class KeyedClient(FlaskClient):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {key}"
+
+    return KeyedClient
+
+
+def grant(app: Flask, tenant: str = "default", role: Role = Role.SUBMITTER) -> str:
+    """A new API key of `tenant` with `role`, straight from the app's key store."""
+    _, key = app.extensions["batchsvc"].keys.create(tenant, role, "test")
+    return key
+
+
+def authorize(app: Flask, tenant: str = "default", role: Role = Role.SUBMITTER) -> str:
+    """Make `app.test_client()` call as a new key of `tenant` with `role`; returns the key."""
+    key = grant(app, tenant, role)
+    app.test_client_class = keyed_client_class(key)
+    return key

@@ -22,6 +22,7 @@ from typing import Any
 from batchsvc.settings import PROJECT_ROOT, Settings
 from batchsvc.storage import Storage
 from tasks.celery_app import create_celery
+from tests.support.client import authorize
 from tests.support.moto_server import free_port
 
 
@@ -151,6 +152,9 @@ class Stack:
         from web import create_app
 
         self.app = create_app(settings)
+        # The stack's own caller: a submitter of the default tenant, for the test
+        # client and for real HTTP clients (openai, the CLI) alike.
+        self.api_key = authorize(self.app)
         self.client = self.app.test_client()
         self._http: Any = None
 

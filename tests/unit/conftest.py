@@ -13,10 +13,12 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
+from batchsvc.auth import Role
 from batchsvc.services import Services
 from batchsvc.settings import Settings
 from tasks.celery_app import queue_keys
 from tests.conftest import make_settings
+from tests.support.client import authorize
 
 
 @pytest.fixture
@@ -40,11 +42,15 @@ def make_app(settings: Settings, services: Services) -> Iterator[Any]:
     """Apps on these settings (or variants of them); `services` drops their Redis keys afterwards."""
     apps: list[Flask] = []
 
-    def make(**overrides: Any) -> Flask:
+    def make(*, role: Role | None = Role.SUBMITTER, **overrides: Any) -> Flask:
+        """An app whose test clients call as a fresh key of the default tenant
+        with `role` (None: no key; the app's Redis may be down on purpose)."""
         from web import create_app
 
         app = create_app(dataclasses.replace(settings, **overrides))
         apps.append(app)
+        if role is not None:
+            authorize(app, role=role)
         return app
 
     yield make

@@ -18,6 +18,7 @@ from click.testing import CliRunner, Result
 from flask import Flask, request
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from batchsvc.auth import Role
 from batchsvc.cli import main, progress_line
 from batchsvc.finalize import finalize_job
 from batchsvc.jobs import JobStatus
@@ -27,6 +28,7 @@ from batchsvc.settings import Settings
 from batchsvc.shards import run_shard
 from tasks.celery_app import queue_keys
 from tests.conftest import make_settings
+from tests.support.client import grant
 from web import create_app
 
 MODEL = "instant-test"
@@ -52,9 +54,13 @@ def settings(tmp_path: Path, server: BaseWSGIServer) -> Settings:
 
 
 @pytest.fixture
-def app(settings: Settings, services: Services, server: BaseWSGIServer) -> Iterator[Flask]:
-    """The app, served on `server` until the test ends; `services` drops its Redis keys afterwards."""
+def app(
+    settings: Settings, services: Services, server: BaseWSGIServer, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Flask]:
+    """The app, served on `server` until the test ends, and a key for the CLI to
+    call it with; `services` drops its Redis keys afterwards."""
     app = create_app(settings)
+    monkeypatch.setenv("BATCHSVC_API_KEY", grant(app))
     app.config["seen_auth"] = seen = []
     app.before_request(lambda: seen.append(request.headers.get("Authorization")))
     server.app = app
@@ -121,9 +127,16 @@ def test_list_shows_a_row_per_job_and_the_next_page(app: Flask, settings: Settin
 
 
 def test_the_api_key_is_sent_as_a_bearer_token(app: Flask, settings: Settings) -> None:
-    assert cli(settings, "list", BATCHSVC_API_KEY="sk-test").exit_code == 0
-    assert cli(settings, "--api-key", "sk-option", "list").exit_code == 0
-    assert app.config["seen_auth"] == ["Bearer sk-test", "Bearer sk-option"]
+    from_env, from_option = grant(app, role=Role.VIEWER), grant(app, role=Role.VIEWER)
+    assert cli(settings, "list", BATCHSVC_API_KEY=from_env).exit_code == 0
+    assert cli(settings, "--api-key", from_option, "list").exit_code == 0
+    assert app.config["seen_auth"] == [f"Bearer {from_env}", f"Bearer {from_option}"]
+
+
+def test_a_wrong_key_exits_2_with_the_api_message(app: Flask, settings: Settings) -> None:
+    result = cli(settings, "list", BATCHSVC_API_KEY="bsk_not-a-key")
+    assert result.exit_code == 2
+    assert "API key is not valid" in result.stderr
 
 
 def test_status_of_an_unknown_job_is_exit_2_with_the_api_message(app: Flask, settings: Settings) -> None:
@@ -186,7 +199,7 @@ def test_results_of_a_completed_job_are_downloaded(app: Flask, settings: Setting
     finalize_job(svc, job_id)
     out, err = tmp_path / "out.jsonl", tmp_path / "err.jsonl"
 
-    result = cli(settings, "--api-key", "sk-test", "results", job_id, "-o", str(out), "--errors", str(err))
+    result = cli(settings, "results", job_id, "-o", str(out), "--errors", str(err))
 
     assert result.exit_code == 0, result.stderr
     assert [orjson.loads(line)["custom_id"] for line in out.read_bytes().splitlines()] == ["a", "b", "c"]

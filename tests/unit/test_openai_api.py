@@ -29,7 +29,7 @@ from batchsvc.services import Services
 from batchsvc.settings import Settings
 from batchsvc.shards import run_shard
 from tasks.celery_app import PREPARE, celery_priority, queue_keys
-from tests.support.client import error_of
+from tests.support.client import error_of, grant
 from tests.support.client import upload as seed_upload
 
 MODEL = "instant-test"
@@ -63,9 +63,10 @@ FINISHED_AT = {"completed_at", "failed_at", "expired_at", "cancelled_at"}
 
 @pytest.fixture
 def oai(app: Flask) -> Iterator[openai.OpenAI]:
-    """The official client, unchanged, talking to the app in-process."""
+    """The official client, unchanged, talking to the app in-process with its own key."""
     http = httpx2.Client(transport=httpx2.WSGITransport(app=app))
-    with openai.OpenAI(base_url="http://batchsvc.test/v1", api_key="unused", http_client=http, max_retries=0) as c:
+    key = grant(app)
+    with openai.OpenAI(base_url="http://batchsvc.test/v1", api_key=key, http_client=http, max_retries=0) as c:
         yield c
 
 
@@ -147,7 +148,7 @@ def test_a_file_round_trip(client: FlaskClient, services: Services) -> None:
     assert (created["bytes"], created["filename"]) == (len(data), "candidates.jsonl")
     assert isinstance(created["created_at"], int)
     assert created["status_details"] is None and created["expires_at"] is None
-    assert services.storage.get_bytes(layout.file_key(created["id"])) == data
+    assert services.storage.get_bytes(layout.file_key("default", created["id"])) == data
 
     assert client.get(f"/v1/files/{created['id']}").get_json() == created
     listed = client.get("/v1/files").get_json()
@@ -171,7 +172,7 @@ def test_a_file_round_trip(client: FlaskClient, services: Services) -> None:
 
     deleted = client.delete(f"/v1/files/{created['id']}")
     assert deleted.get_json() == {"id": created["id"], "object": "file", "deleted": True}
-    assert not services.storage.exists(layout.file_key(created["id"]))
+    assert not services.storage.exists(layout.file_key("default", created["id"]))
     error_of(client.get(f"/v1/files/{created['id']}"), 404, "not_found")
     error_of(client.get(f"/v1/files/{created['id']}/content"), 404, "not_found")
     error_of(client.delete(f"/v1/files/{created['id']}"), 404, "not_found")
@@ -398,7 +399,7 @@ def test_a_completed_batch_and_its_output_files(app: Flask, client: FlaskClient,
     # Deleting an output file drops its record; the job's results stay (the /v1/batch API serves them).
     assert client.delete(f"/v1/files/{output['id']}").get_json()["deleted"] is True
     error_of(client.get(f"/v1/files/{output['id']}"), 404, "not_found")
-    assert services.storage.exists(layout.results_key(batch_id))
+    assert services.storage.exists(layout.results_key(layout.JobKey("default", batch_id)))
 
 
 def test_a_batch_failing_validation_has_errors_naming_the_line(app: Flask, client: FlaskClient) -> None:

@@ -52,8 +52,12 @@ def ids(n: int) -> list[str]:
 def submit(svc: Services, lines: Iterable[bytes]) -> str:
     """Store an input file and create its queued job, as submit_job does for an upload."""
     job_id = new_job_id()
-    svc.storage.put_bytes(layout.input_key(job_id), b"".join(line + b"\n" for line in lines), "application/jsonl")
-    svc.jobs.create(Job(id=job_id, model=MODEL, input_key=layout.input_key(job_id)))
+    svc.storage.put_bytes(
+        layout.input_key(layout.JobKey("default", job_id)),
+        b"".join(line + b"\n" for line in lines),
+        "application/jsonl",
+    )
+    svc.jobs.create(Job(id=job_id, model=MODEL, input_key=layout.input_key(layout.JobKey("default", job_id))))
     return job_id
 
 
@@ -126,7 +130,7 @@ def test_prepare_cuts_the_input_into_shards_of_shard_size(services: Services) ->
         ShardInfo(index=1, count=3, first_line=4),
         ShardInfo(index=2, count=1, first_line=7),
     ]
-    assert Manifest.load(services.storage, job_id) == manifest
+    assert Manifest.load(services.storage, layout.JobKey("default", job_id)) == manifest
     job = services.jobs.get(job_id)
     assert (job.status, job.total, job.shard_count) == (JobStatus.VALIDATING, 7, 3)
     assert job.validating_at is not None
@@ -137,7 +141,9 @@ def test_shard_inputs_hold_the_original_lines_in_order(services: Services) -> No
     job_id = submit(services, lines)
     prepare_job(services, job_id)
 
-    shard_bytes = [services.storage.get_bytes(layout.shard_input_key(job_id, i)) for i in range(3)]
+    shard_bytes = [
+        services.storage.get_bytes(layout.shard_input_key(layout.JobKey("default", job_id), i)) for i in range(3)
+    ]
     assert [s.splitlines() for s in shard_bytes] == [lines[0:3], lines[3:6], lines[6:7]]
 
 
@@ -154,7 +160,7 @@ def test_an_exact_multiple_of_shard_size_leaves_no_empty_shard(services: Service
     manifest = prepare_job(services, job_id)
     assert manifest is not None
     assert [s.count for s in manifest.shards] == [3, 3]
-    assert not services.storage.exists(layout.shard_input_key(job_id, 2))
+    assert not services.storage.exists(layout.shard_input_key(layout.JobKey("default", job_id), 2))
 
 
 def test_one_bad_line_fails_the_job_naming_the_line_and_leaves_no_shards(services: Services) -> None:
@@ -170,8 +176,8 @@ def test_one_bad_line_fails_the_job_naming_the_line_and_leaves_no_shards(service
     assert [e["line"] for e in job.errors] == [5]
     assert job.error_count == 1
     assert job.finished_at is not None
-    assert list(services.storage.list(layout.job_prefix(job_id) + "shards/")) == []
-    assert not services.storage.exists(layout.manifest_key(job_id))
+    assert list(services.storage.list(layout.job_prefix(layout.JobKey("default", job_id)) + "shards/")) == []
+    assert not services.storage.exists(layout.manifest_key(layout.JobKey("default", job_id)))
 
 
 def test_prepare_of_a_failed_job_does_nothing(services: Services) -> None:
@@ -184,7 +190,9 @@ def test_prepare_of_a_failed_job_does_nothing(services: Services) -> None:
 
 def test_prepare_of_a_job_with_an_unknown_model_fails_it(services: Services) -> None:
     job_id = new_job_id()
-    services.jobs.create(Job(id=job_id, model="no-such-model", input_key=layout.input_key(job_id)))
+    services.jobs.create(
+        Job(id=job_id, model="no-such-model", input_key=layout.input_key(layout.JobKey("default", job_id)))
+    )
     assert prepare_job(services, job_id) is None
     job = services.jobs.get(job_id)
     assert job.status is JobStatus.FAILED
@@ -195,10 +203,10 @@ def test_prepare_run_twice_writes_the_same_shards(services: Services) -> None:
     # A redelivered prepare (job still validating) rebuilds the same objects under the same keys.
     job_id = submit(services, [request_line(c) for c in ids(4)])
     first = prepare_job(services, job_id)
-    before = {i.key: i.size for i in services.storage.list(layout.job_prefix(job_id))}
+    before = {i.key: i.size for i in services.storage.list(layout.job_prefix(layout.JobKey("default", job_id)))}
     second = prepare_job(services, job_id)
     assert first == second
-    assert {i.key: i.size for i in services.storage.list(layout.job_prefix(job_id))} == before
+    assert {i.key: i.size for i in services.storage.list(layout.job_prefix(layout.JobKey("default", job_id)))} == before
 
 
 # --- shards ----------------------------------------------------------------------
@@ -217,7 +225,7 @@ def test_run_shard_writes_one_output_line_per_request_in_input_order(services: S
     assert (summary.count, summary.succeeded, summary.failed) == (3, 3, 0)
     raw = services.storage.get_bytes(summary.output_key)
     assert summary.sha256 == hashlib.sha256(raw).hexdigest()
-    assert ShardSummary.load(services.storage, job_id, 0) == summary
+    assert ShardSummary.load(services.storage, layout.JobKey("default", job_id), 0) == summary
 
 
 def test_run_shard_publishes_its_progress(services: Services) -> None:
@@ -272,7 +280,9 @@ def _checkpoint(svc: Services, job_id: str, index: int, seq: int, custom_ids: li
         )
         lines[custom_id] = orjson.dumps(outputs.success_line(job_id, custom_id, body))
     data = b"\n".join(lines.values()) + b"\n"
-    svc.storage.put_bytes(layout.shard_part_key(job_id, index, seq, "earlier"), data, "application/jsonl")
+    svc.storage.put_bytes(
+        layout.shard_part_key(layout.JobKey("default", job_id), index, seq, "earlier"), data, "application/jsonl"
+    )
     return lines
 
 
@@ -292,7 +302,7 @@ def test_a_resumed_shard_runs_only_what_its_checkpoint_lacks(services: Services)
     assert (summary.succeeded, summary.failed) == (3, 0)
     assert summary.completion_tokens == 5 + 3 + 5
     assert summary.prompt_tokens == 10 + outputs.usage_of(orjson.loads(out[1]))[0] + 10  # checkpointed ones count
-    assert list(services.storage.list(layout.shard_parts_prefix(job_id, 1))) == []
+    assert list(services.storage.list(layout.shard_parts_prefix(layout.JobKey("default", job_id), 1))) == []
     assert services.jobs.counts(job_id).completed == 3
 
 
@@ -341,8 +351,8 @@ def test_finalize_merges_every_request_once_in_input_order(services: Services) -
     job = finalize_job(services, job_id)
 
     assert job.status is JobStatus.COMPLETED
-    assert job.results_key == layout.results_key(job_id)
-    assert job.errors_key == layout.errors_key(job_id)
+    assert job.results_key == layout.results_key(layout.JobKey("default", job_id))
+    assert job.errors_key == layout.errors_key(layout.JobKey("default", job_id))
     results = read_jsonl(services, job.results_key)
     assert custom_ids(results) == ids(8)
     assert read_jsonl(services, job.errors_key) == []
@@ -394,10 +404,10 @@ def test_finalize_twice_returns_the_completed_job_unchanged(services: Services) 
     job_id, manifest = prepared(services, [request_line(c) for c in ids(4)])
     run_all_shards(services, job_id, manifest)
     first = finalize_job(services, job_id)
-    results = services.storage.get_bytes(layout.results_key(job_id))
+    results = services.storage.get_bytes(layout.results_key(layout.JobKey("default", job_id)))
     second = finalize_job(services, job_id)
     assert second == first
-    assert services.storage.get_bytes(layout.results_key(job_id)) == results
+    assert services.storage.get_bytes(layout.results_key(layout.JobKey("default", job_id))) == results
 
 
 def test_finalize_with_a_missing_shard_does_not_complete_the_job(services: Services) -> None:
@@ -406,7 +416,7 @@ def test_finalize_with_a_missing_shard_does_not_complete_the_job(services: Servi
     with pytest.raises(ObjectNotFound):
         finalize_job(services, job_id)
     assert services.jobs.get(job_id).status is JobStatus.FINALIZING
-    assert not services.storage.exists(layout.results_key(job_id))
+    assert not services.storage.exists(layout.results_key(layout.JobKey("default", job_id)))
 
 
 def test_a_duplicate_run_that_finishes_second_yields_to_the_first(services: Services) -> None:
@@ -418,9 +428,10 @@ def test_a_duplicate_run_that_finishes_second_yields_to_the_first(services: Serv
     job_id, _ = prepared(services, [request_line(c) for c in ids(3)])
     spec = services.models.get(MODEL)
     assert spec is not None
-    first = ShardRun(services, job_id, 0, spec, MODEL).execute(InstantEngine(spec))
-    second = ShardRun(services, job_id, 0, spec, MODEL).execute(InstantEngine(spec))
+    first = ShardRun(services, services.jobs.get(job_id), 0, spec).execute(InstantEngine(spec))
+    second = ShardRun(services, services.jobs.get(job_id), 0, spec).execute(InstantEngine(spec))
 
     assert second == first
-    outputs_written = [o.key for o in services.storage.list(f"jobs/{job_id}/shards/") if o.key.endswith("output.jsonl")]
+    shards = layout.job_prefix(layout.JobKey("default", job_id)) + "shards/"
+    outputs_written = [o.key for o in services.storage.list(shards) if o.key.endswith("output.jsonl")]
     assert outputs_written == [first.output_key]

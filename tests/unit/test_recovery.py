@@ -40,7 +40,7 @@ def submitted(svc: Services, n: int = 5) -> str:
         + b"\n"
         for i in range(n)
     )
-    job = submit_job(svc, model="instant-test", upload=io.BytesIO(lines), enqueue=lambda _id: None)
+    job = submit_job(svc, tenant="default", model="instant-test", upload=io.BytesIO(lines), enqueue=lambda _id: None)
     return job.id
 
 
@@ -102,7 +102,7 @@ def test_a_running_job_lost_by_redis_is_rebuilt_from_storage(services: Services)
     run_shard(services, job_id, 0)
     forget(services, job_id)
 
-    job = rebuild_job(services, job_id)
+    job = rebuild_job(services, job_id, "default")
     assert job.status is JobStatus.IN_PROGRESS
     assert (job.total, job.shard_count, job.model) == (5, 3, "instant-test")
     assert services.jobs.counts(job_id).completed == 2  # shard 0's summary
@@ -117,10 +117,10 @@ def test_a_finished_job_lost_by_redis_comes_back_finished(services: Services) ->
     finalize_job(services, job_id)
     forget(services, job_id)
 
-    job = rebuild_job(services, job_id)
+    job = rebuild_job(services, job_id, "default")
     assert job.status is JobStatus.COMPLETED
     assert job.stats and job.stats["successful"] == 5
-    assert job.results_key == layout.results_key(job_id)
+    assert job.results_key == layout.results_key(layout.JobKey("default", job_id))
     assert job_id not in services.jobs.active_ids()
 
 
@@ -128,4 +128,4 @@ def test_rebuilding_a_job_storage_never_saw_is_not_found(services: Services) -> 
     from batchsvc.errors import JobNotFound
 
     with pytest.raises(JobNotFound):
-        rebuild_job(services, "batch_" + "0" * 32)
+        rebuild_job(services, "batch_" + "0" * 32, "default")

@@ -48,10 +48,10 @@ def test_past_retention_the_objects_go_the_record_stays_and_results_are_410(make
     assert client.get(f"/v1/batch/{job_id}/results").status_code == 200
 
     assert expire_job_data(svc, now=finished + 3599) == []  # not yet
-    assert list(svc.storage.list(layout.job_prefix(job_id)))
+    assert list(svc.storage.list(layout.job_prefix(layout.JobKey("default", job_id))))
 
     assert expire_job_data(svc, now=finished + 3601) == [job_id]
-    assert list(svc.storage.list(layout.job_prefix(job_id))) == []
+    assert list(svc.storage.list(layout.job_prefix(layout.JobKey("default", job_id)))) == []
     view = client.get(f"/v1/batch/{job_id}").get_json()
     assert view["status"] == "completed" and view["progress"]["completed"] == 1  # the record stays
     assert view["data_expired_at"]
@@ -66,4 +66,4 @@ def test_a_job_still_running_keeps_its_data(make_app: Any) -> None:
     job_id = upload(app.test_client(), LINE, "instant-test").get_json()["job_id"]
     assert prepare_job(svc, job_id) is not None
     assert expire_job_data(svc, now=svc.jobs.get(job_id).created_at + 10**6) == []
-    assert list(svc.storage.list(layout.job_prefix(job_id)))
+    assert list(svc.storage.list(layout.job_prefix(layout.JobKey("default", job_id))))

@@ -16,6 +16,7 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from batchsvc import layout
+from batchsvc.auth import Role
 from batchsvc.finalize import finalize_job
 from batchsvc.jobs import Counts, Job, JobStatus, new_job_id
 from batchsvc.prepare import prepare_job
@@ -23,7 +24,7 @@ from batchsvc.services import Services
 from batchsvc.settings import Settings
 from batchsvc.shards import run_shard
 from tasks.celery_app import PREPARE, queue_keys
-from tests.support.client import error_of
+from tests.support.client import error_of, grant
 from tests.support.client import upload as post_upload
 
 MODEL = "instant-test"
@@ -286,7 +287,7 @@ def test_an_upload_is_stored_under_the_jobs_input_key(client: FlaskClient, servi
     data = jsonl(["a", "b"])
     job_id = upload(client, data).get_json()["job_id"]
     job = services.jobs.get(job_id)
-    assert job.input_key == layout.input_key(job_id)
+    assert job.input_key == layout.input_key(layout.JobKey("default", job_id))
     assert services.storage.get_bytes(job.input_key) == data
     assert job.total == 2
 
@@ -444,7 +445,7 @@ def test_a_tampered_download_link_is_403(app: Flask, client: FlaskClient) -> Non
 
     # Point the link at another object under the same signature.
     claims = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    claims["k"] = layout.input_key(job_id)
+    claims["k"] = layout.input_key(layout.JobKey("default", job_id))
     forged = base64.urlsafe_b64encode(orjson.dumps(claims)).rstrip(b"=").decode()
     error_of(client.get(f"{prefix}/{forged}.{signature}"), 403, "forbidden")
 
@@ -457,7 +458,7 @@ def test_a_download_link_to_a_deleted_object_is_404(app: Flask, client: FlaskCli
     job_id = upload(client, jsonl(["a"])).get_json()["job_id"]
     complete(app, job_id)
     url = client.get(f"/v1/batch/{job_id}/results").get_json()["results_url"]
-    app.extensions["batchsvc"].storage.delete(layout.results_key(job_id))
+    app.extensions["batchsvc"].storage.delete(layout.results_key(layout.JobKey("default", job_id)))
     error_of(client.get(urlsplit(url).path), 404, "not_found")
 
 
@@ -477,14 +478,16 @@ def test_readyz_checks_redis(client: FlaskClient) -> None:
 
 
 def test_readyz_is_503_when_redis_is_down(make_app: Any) -> None:
-    client = make_app(state_redis_url="redis://127.0.0.1:1/0").test_client()
+    client = make_app(state_redis_url="redis://127.0.0.1:1/0", role=None).test_client()
     response = client.get("/readyz")
     assert response.status_code == 503
     assert response.get_json()["checks"] == {"redis": False}
 
 
 def test_metrics_report_the_queue_depth(client: FlaskClient, settings: Settings) -> None:
-    before = client.get("/metrics")
+    admin = {"Authorization": f"Bearer {grant(client.application, role=Role.ADMIN)}"}
+    assert client.get("/metrics").status_code == 403  # they span every tenant: admins only
+    before = client.get("/metrics", headers=admin)
     assert before.status_code == 200
     assert before.mimetype == "text/plain"
     assert f'batchsvc_queue_depth{{queue="{settings.cpu_queue}"}} 0.0' in before.get_data(as_text=True)
@@ -493,7 +496,7 @@ def test_metrics_report_the_queue_depth(client: FlaskClient, settings: Settings)
     upload(client, jsonl(["a"]))
     upload(client, jsonl(["b"]))
 
-    after = client.get("/metrics").get_data(as_text=True)
+    after = client.get("/metrics", headers=admin).get_data(as_text=True)
     assert f'batchsvc_queue_depth{{queue="{settings.cpu_queue}"}} 2.0' in after
     assert "batchsvc_jobs_total 2.0" in after
 

@@ -1,0 +1,156 @@
+"""Who is calling: the API key on every request, its role, its tenant, and the
+per-key rate limit.
+
+Every endpoint needs `Authorization: Bearer <key>` except the health checks and
+the signed download links (the link's token is its own short-lived credential,
+as with an S3 presigned URL). A key sees its own tenant's jobs and files; an id
+of another tenant's answers exactly like an id that does not exist."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from flask import Flask, current_app, g, request
+from flask_limiter import Limiter
+
+from batchsvc.auth import ApiKey, Role
+from batchsvc.errors import ErrorType, JobNotFound, ServiceError
+from batchsvc.files import FileNotFound, FileRecord
+from batchsvc.jobs import Job
+from batchsvc.services import Services
+from web import audit
+
+# Endpoints anyone may call: liveness and readiness, and the signed download links.
+PUBLIC_ENDPOINTS = frozenset({"health.healthz", "health.readyz", "v1.download"})
+
+
+def _services() -> Services:
+    return current_app.extensions["batchsvc"]
+
+
+def _unauthorized(message: str) -> ServiceError:
+    return ServiceError(
+        ErrorType.UNAUTHORIZED,
+        message,
+        {"header": "Authorization"},
+        headers={"WWW-Authenticate": 'Bearer realm="batchsvc"'},
+    )
+
+
+def _bearer() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def authenticate() -> None:
+    """before_request: resolve the key to a principal (g.key), or answer 401/403."""
+    if request.endpoint in PUBLIC_ENDPOINTS:
+        return
+    token = _bearer()
+    if token is None:
+        audit.write("authenticate", 401)
+        raise _unauthorized("an API key is required: send Authorization: Bearer <key>")
+    svc = _services()
+    key = svc.keys.authenticate(token)
+    if key is None:
+        audit.write("authenticate", 401)
+        raise _unauthorized("the API key is not valid (unknown or revoked)")
+    g.key = key
+    g.tenant = key.tenant
+    g.key_id = key.id
+    if not svc.tenants.get(key.tenant).admits(request.remote_addr):
+        audit.write("authenticate", 403)
+        raise ServiceError(
+            ErrorType.FORBIDDEN,
+            "this tenant does not accept requests from this address",
+            {"client_ip": request.remote_addr},
+        )
+
+
+def current_key() -> ApiKey:
+    return g.key
+
+
+def requires(role: Role) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Refuse (403) keys whose role is below `role`; every key can read."""
+
+    def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
+        @wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            key = current_key()
+            if not key.role.allows(role):
+                raise ServiceError(
+                    ErrorType.FORBIDDEN,
+                    f"this needs the {role.value} role; the key has {key.role.value}",
+                    {"role": key.role.value, "required": role.value},
+                )
+            return view(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+def visible_tenant() -> str | None:
+    """The tenant whose objects this key lists: its own, or None (all) for an admin."""
+    key = current_key()
+    return None if key.role is Role.ADMIN else key.tenant
+
+
+def _sees(tenant: str) -> bool:
+    key = current_key()
+    return key.role is Role.ADMIN or key.tenant == tenant
+
+
+def visible_job(job_id: str) -> Job:
+    """The job, if this key may see it; otherwise the same 404 as a missing id."""
+    job = _services().jobs.get(job_id)
+    if not _sees(job.tenant):
+        raise JobNotFound(job_id)
+    return job
+
+
+def visible_file(file_id: str) -> FileRecord:
+    record = _services().files.get(file_id)
+    if not _sees(record.tenant):
+        raise FileNotFound(file_id)
+    return record
+
+
+def _rate_key() -> str:
+    key = getattr(g, "key", None)
+    return f"key:{key.id}" if key is not None else f"ip:{request.remote_addr}"
+
+
+def _rate_limit() -> str:
+    svc = _services()
+    key = getattr(g, "key", None)
+    own = svc.tenants.get(key.tenant).rate_limit if key is not None else None
+    return own or svc.settings.api_rate_limit
+
+
+def install(app: Flask) -> Limiter:
+    """Authenticate every request, then count it against its key's rate limit
+    (in Redis, so every web process shares the count). Order matters: the key
+    must be known before the limiter picks the bucket."""
+    svc: Services = app.extensions["batchsvc"]
+    if svc.settings.bootstrap_api_key:
+        svc.keys.ensure_bootstrap(svc.settings.bootstrap_api_key)
+    app.before_request(authenticate)
+    limiter = Limiter(
+        _rate_key,
+        app=app,
+        default_limits=[_rate_limit],
+        storage_uri=svc.settings.ratelimit_storage_url,
+        key_prefix=f"{svc.settings.redis_prefix}:ratelimit",
+        headers_enabled=True,
+        strategy="moving-window",
+        swallow_errors=True,  # a Redis blip must not turn every request into a 500
+        default_limits_exempt_when=lambda: request.blueprint == "health",
+    )
+    return limiter
