@@ -1,7 +1,7 @@
 # The two commands of the README, and the ones around them.
 #   make demo   set up, start the stack, run the example job, show the results
 #   make test   set up and run the whole suite (what CI runs)
-.PHONY: setup demo test unit integration faults lint up down status bench clean
+.PHONY: setup demo test unit security integration faults lint up down status bench clean
 
 PY := .venv/bin/python
 
@@ -16,6 +16,9 @@ test: setup
 
 unit: setup
 	@$(PY) -m pytest tests/unit -q
+
+security: setup
+	@$(PY) -m pytest tests/security -q
 
 integration: setup
 	@$(PY) -m pytest tests/integration -q

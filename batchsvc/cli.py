@@ -6,6 +6,15 @@
     batchsvc cancel ID                         prints the job's new status
     batchsvc list [--limit N] [--after ID]     a table of jobs, newest first
 
+Admin keys also manage keys and tenants:
+    batchsvc keys create --tenant T --role viewer|submitter|admin [--name N]   prints the key, once
+    batchsvc keys list [--tenant T]
+    batchsvc keys revoke KEY_ID
+    batchsvc tenants show T
+    batchsvc tenants set T [--max-active-jobs N] [--max-queued-requests N] [--rate-limit 600/minute]
+                           [--ip-allow CIDR ...] [--clear FIELD ...]
+    batchsvc tenants rotate-webhook-secret T   prints the new secret, once
+
 The server comes from --url or BATCHSVC_URL (default http://127.0.0.1:8000), the
 API key from --api-key or BATCHSVC_API_KEY (sent as `Authorization: Bearer`).
 Machine-readable output goes to stdout; the progress bar and messages to stderr.
@@ -23,6 +32,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -250,11 +260,113 @@ def list_jobs(client: Client, limit: int, after: str | None) -> None:
         total = job["progress"]["total"]
         done = f"{_done(job)}/{total if total is not None else '?'}"
         rows.append((job["job_id"], job["status"], job["model"], done, (job["created_at"] or "").replace("T", " ")))
+    _table(rows)
+    if page["has_more"]:
+        click.echo(f"more: batchsvc list --after {page['last_id']}", err=True)
+
+
+def _table(rows: Sequence[tuple[str, ...]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
-    if page["has_more"]:
-        click.echo(f"more: batchsvc list --after {page['last_id']}", err=True)
+
+
+@main.group()
+def keys() -> None:
+    """Create, list and revoke API keys (admin keys only)."""
+
+
+@keys.command("create")
+@click.option("--tenant", required=True)
+@click.option("--role", type=click.Choice(["viewer", "submitter", "admin"]), required=True)
+@click.option("--name", default="", help="what the key is for, shown by `keys list`")
+@click.pass_obj
+def keys_create(client: Client, tenant: str, role: str, name: str) -> None:
+    """Make a key and print it. It is shown this once: the server keeps only a hash."""
+    made = client.call("POST", "/v1/keys", json={"tenant": tenant, "role": role, "name": name})
+    click.echo(made["key"])
+    click.echo(f"{made['id']}: {role} of tenant {tenant}; store the key now, it is not shown again", err=True)
+
+
+@keys.command("list")
+@click.option("--tenant", default=None)
+@click.pass_obj
+def keys_list(client: Client, tenant: str | None) -> None:
+    """The keys, newest first, without the keys themselves."""
+    page = client.call("GET", "/v1/keys", params={"tenant": tenant} if tenant else None)
+    rows = [("ID", "TENANT", "ROLE", "STARTS", "NAME", "REVOKED")]
+    for k in page["data"]:
+        rows.append((k["id"], k["tenant"], k["role"], k["hint"], k["name"], "yes" if k["revoked_at"] else ""))
+    _table(rows)
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@click.pass_obj
+def keys_revoke(client: Client, key_id: str) -> None:
+    """Revoke a key: from the next request on, it answers 401."""
+    client.call("DELETE", f"/v1/keys/{key_id}")
+    click.echo(f"{key_id} revoked", err=True)
+
+
+@main.group()
+def tenants() -> None:
+    """Show and set a tenant's quotas, rate limit, IP allowlist and webhook secret (admin keys only)."""
+
+
+def _print(body: dict[str, Any]) -> None:
+    click.echo(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode())
+
+
+@tenants.command("show")
+@click.argument("tenant")
+@click.pass_obj
+def tenants_show(client: Client, tenant: str) -> None:
+    _print(client.call("GET", f"/v1/tenants/{tenant}"))
+
+
+@tenants.command("set")
+@click.argument("tenant")
+@click.option("--max-active-jobs", type=click.IntRange(1), default=None)
+@click.option("--max-queued-requests", type=click.IntRange(1), default=None)
+@click.option("--rate-limit", default=None, help="requests per key, e.g. 600/minute")
+@click.option("--ip-allow", "ip_allow", multiple=True, help="a CIDR the tenant's calls may come from (repeatable)")
+@click.option(
+    "--clear",
+    multiple=True,
+    type=click.Choice(["max_active_jobs", "max_queued_requests", "rate_limit", "ip_allowlist"]),
+    help="return a field to the deployment default (repeatable)",
+)
+@click.pass_obj
+def tenants_set(
+    client: Client,
+    tenant: str,
+    max_active_jobs: int | None,
+    max_queued_requests: int | None,
+    rate_limit: str | None,
+    ip_allow: tuple[str, ...],
+    clear: tuple[str, ...],
+) -> None:
+    """Set what is given; leave the rest as it is."""
+    body: dict[str, Any] = {name: None for name in clear}
+    given = {"max_active_jobs": max_active_jobs, "max_queued_requests": max_queued_requests, "rate_limit": rate_limit}
+    body.update({k: v for k, v in given.items() if v is not None})
+    if ip_allow:
+        body["ip_allowlist"] = list(ip_allow)
+    if not body:
+        raise click.UsageError("nothing to set")
+    _print(client.call("PATCH", f"/v1/tenants/{tenant}", json=body))
+
+
+@tenants.command("rotate-webhook-secret")
+@click.argument("tenant")
+@click.pass_obj
+def tenants_rotate(client: Client, tenant: str) -> None:
+    """Give the tenant a new webhook signing secret and print it. The old one
+    keeps signing too until the time shown, so receivers can switch over."""
+    made = client.call("POST", f"/v1/tenants/{tenant}/webhook_secret")
+    click.echo(made["secret"])
+    click.echo(f"the previous secret stays valid until {made['previous_valid_until']} (unix time)", err=True)
 
 
 if __name__ == "__main__":

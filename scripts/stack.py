@@ -1,7 +1,9 @@
 """Run the Procfile's processes in the background: `up`, `down`, `status`.
 
 `up` is idempotent: it starts whichever processes are not running (say, a worker
-that died) and leaves the rest alone. Logs go to var/log/<name>.log, pids to
+that died) and leaves the rest alone. The API's admin key comes from
+BATCHSVC_BOOTSTRAP_API_KEY, or else from var/bootstrap-api-key, made on the
+first `up` (readable by its owner only). Logs go to var/log/<name>.log, pids to
 var/run/<name>.pid. Each process leads its own process group, so `down` also
 stops what it started (the GPU launcher's workers, gunicorn's workers).
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -72,6 +75,21 @@ def kill_group(pgid: int, timeout: float) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
+BOOTSTRAP_KEY_FILE = ROOT / "var" / "bootstrap-api-key"
+
+
+def bootstrap_key() -> str:
+    """The admin key the web processes install: the environment's, or a local one made once."""
+    if os.environ.get("BATCHSVC_BOOTSTRAP_API_KEY"):
+        return os.environ["BATCHSVC_BOOTSTRAP_API_KEY"]
+    if not BOOTSTRAP_KEY_FILE.exists():
+        BOOTSTRAP_KEY_FILE.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(BOOTSTRAP_KEY_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write("bsk_" + secrets.token_urlsafe(32))
+    return BOOTSTRAP_KEY_FILE.read_text().strip()
+
+
 def start(name: str, command: str) -> int:
     RUN.mkdir(parents=True, exist_ok=True)
     LOGS.mkdir(parents=True, exist_ok=True)
@@ -79,6 +97,7 @@ def start(name: str, command: str) -> int:
     process = subprocess.Popen(
         ["bash", "-c", f"exec {command}"],
         cwd=ROOT,
+        env={**os.environ, "BATCHSVC_BOOTSTRAP_API_KEY": bootstrap_key()},
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -144,6 +163,8 @@ def main() -> int:
             print(f"the API did not answer at {url}; see var/log/web.log", file=sys.stderr)
             return 1
         print(f"API ready at {url}")
+        where = "BATCHSVC_BOOTSTRAP_API_KEY" if os.environ.get("BATCHSVC_BOOTSTRAP_API_KEY") else BOOTSTRAP_KEY_FILE
+        print(f"admin API key: {where} (make others with `batchsvc keys create`)")
     return 0
 
 

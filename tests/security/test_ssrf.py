@@ -527,3 +527,48 @@ def test_error_messages_do_not_echo_the_response(storage: LocalStorage, make_lis
     with pytest.raises(FetchError) as failed:
         fetch_to_storage(f"http://127.0.0.1:{listener.port}/", storage, "in", max_bytes=1000, timeout=5, allow=LOOPBACK)
     assert str(failed.value) == "fetching input_file_url answered HTTP 404"
+
+
+# --- through the API: refused at submit, with the field named ------------------------------
+
+API_TARGETS = [host for host, _ in REFUSED_HOSTS[:10]]  # the list: loopback to 0.0.0.0
+
+
+@pytest.mark.parametrize("field", ["input_file_url", "webhook_url"])
+@pytest.mark.parametrize("host", API_TARGETS)
+def test_the_api_refuses_non_public_urls_naming_the_field(
+    make_app: Any, listener: Listener, connects: list[Any], field: str, host: str
+) -> None:
+    client = make_app(outbound_allowlist="").test_client()
+    url = f"http://{host}:{listener.port}/in.jsonl"
+    body = {"model": "instant-test", "input_file_url": "https://example.com/in.jsonl", field: url}
+    response = client.post("/v1/batch", json=body)
+    assert response.status_code == 422, response.get_data(as_text=True)
+    error = response.get_json()["error"]
+    assert error["type"] == "validation_error"
+    assert list(error["details"]["fields"]) == [field]
+    assert error["message"].startswith(f"{field} refused: host {host.strip('[]')} ")
+    assert listener.accepted == 0
+    assert not [address for address in connects if address[1:] == (listener.port,)]
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "gopher://example.com/_x", "ftp://example.com/in.jsonl"])
+def test_the_api_refuses_other_schemes(make_app: Any, url: str) -> None:
+    client = make_app(outbound_allowlist="").test_client()
+    response = client.post("/v1/batch", json={"model": "instant-test", "input_file_url": url})
+    assert response.status_code == 422
+    assert "input_file_url" in response.get_json()["error"]["details"]["fields"]
+
+
+def test_the_api_refuses_a_name_that_resolves_to_a_private_address(
+    make_app: Any, resolver: Resolver, connects: list[Any]
+) -> None:
+    resolver.answers["files.example.com"] = [["10.1.2.3"]]
+    client = make_app(outbound_allowlist="").test_client()
+    body = {"model": "instant-test", "input_file_url": "http://files.example.com/in.jsonl"}
+    response = client.post("/v1/batch", json=body)
+    assert response.status_code == 422
+    message = response.get_json()["error"]["message"]
+    assert message == "input_file_url refused: host files.example.com resolves to a private address"
+    assert "10.1.2.3" not in response.get_data(as_text=True)  # what the lookup saw stays inside
+    assert not [address for address in connects if address[0] == "10.1.2.3"]

@@ -7,6 +7,7 @@ examples are read out of README.md and run against them."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -18,8 +19,11 @@ from typing import Any
 import pytest
 
 from batchsvc import webhooks
+from batchsvc.auth import Role
 from batchsvc.netguard import Allowlist
+from batchsvc.services import Services
 from batchsvc.settings import PROJECT_ROOT, load_settings
+from batchsvc.tenants import TenantPolicy, webhook_secrets
 from batchsvc.webhooks import WebhookError, WebhookVerificationError, sign, signature_header, verify
 from tests.support.http import LoopbackHTTPServer, Received
 
@@ -193,10 +197,69 @@ def test_without_secrets_webhooks_go_unsigned_with_one_warning(
 
 
 def test_the_setting_lists_secrets_newest_first() -> None:
-    # tasks/batch.py passes `settings.webhook_secrets.split()` to deliver().
+    # A tenant without secrets of its own is signed with `settings.webhook_secrets.split()`.
     assert load_settings(environ={}).webhook_secrets.split() == []
     settings = load_settings(environ={"BATCHSVC_WEBHOOK_SECRETS": f" {NEW}  {OLD} "})
     assert settings.webhook_secrets.split() == [NEW, OLD]
+    assert webhook_secrets(TenantPolicy("default"), settings) == [NEW, OLD]
+
+
+# --- per-tenant secrets and their rotation ---
+
+
+def test_a_tenant_secret_replaces_the_deployment_default_for_that_tenant_only(services: Services) -> None:
+    settings = dataclasses.replace(services.settings, webhook_secrets=OLD)
+    secret, _ = services.tenants.rotate_webhook_secret("acme", overlap_s=3600)
+    assert secret.startswith("whsec_") and secret not in (NEW, OLD)
+    assert webhook_secrets(services.tenants.get("acme"), settings) == [secret]
+    assert webhook_secrets(services.tenants.get("globex"), settings) == [OLD]
+
+
+def test_during_a_rotation_both_secrets_sign_until_the_overlap_ends(
+    services: Services, receiver: LoopbackHTTPServer
+) -> None:
+    first, _ = services.tenants.rotate_webhook_secret("acme", overlap_s=3600, secret=OLD)
+    second, until = services.tenants.rotate_webhook_secret("acme", overlap_s=3600, secret=NEW)
+    assert (first, second) == (OLD, NEW)
+    policy = services.tenants.get("acme")
+    assert policy.live_secrets() == [NEW, OLD]
+
+    post = deliver(receiver, webhook_secrets(policy, services.settings))
+    verify(OLD, post.headers, post.body)  # a receiver not yet switched over
+    verify(NEW, post.headers, post.body)  # one already switched
+
+    # Past the overlap, only the new one signs.
+    assert policy.live_secrets(now=until + 1) == [NEW]
+    later = deliver(receiver, policy.live_secrets(now=until + 1))
+    with pytest.raises(WebhookVerificationError, match="no signature matches"):
+        verify(OLD, later.headers, later.body)
+    # The secrets never show in what the API returns of the tenant.
+    shown = repr(policy.public(services.settings))
+    assert NEW not in shown and OLD not in shown
+
+
+def test_an_overlap_never_outlives_the_newest_rotation(services: Services) -> None:
+    services.tenants.rotate_webhook_secret("acme", overlap_s=3600, secret=OLD)
+    services.tenants.rotate_webhook_secret("acme", overlap_s=3600, secret=NEW)
+    _, until = services.tenants.rotate_webhook_secret("acme", overlap_s=60, secret=OTHER)
+    policy = services.tenants.get("acme")
+    assert policy.live_secrets() == [OTHER, NEW, OLD]
+    assert policy.live_secrets(now=until + 1) == [OTHER]  # an overlap never outlives the newest rotation
+
+
+def test_an_admin_rotates_a_tenant_secret_through_the_api(make_app: Any) -> None:
+    app = make_app(role=Role.ADMIN)
+    client = app.test_client()
+    made = client.post("/v1/tenants/acme/webhook_secret")
+    assert made.status_code == 201
+    body = made.get_json()
+    assert body["secret"].startswith("whsec_") and body["previous_valid_until"] > time.time()
+    assert app.extensions["batchsvc"].tenants.get("acme").live_secrets() == [body["secret"]]
+    shown = client.get("/v1/tenants/acme").get_json()
+    assert body["secret"] not in repr(shown) and len(shown["webhook_secrets"]) == 1
+    refused = client.post("/v1/tenants/acme/webhook_secret", json={"secret": "whsec_not-base64!!"})
+    assert refused.status_code == 422
+    assert "not-base64" not in refused.get_data(as_text=True)
 
 
 # --- the signature itself, against the spec ---
