@@ -12,7 +12,7 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
-from flask import Flask, current_app, g, request
+from flask import Flask, Response, current_app, g, request
 from flask_limiter import Limiter
 
 from batchsvc.auth import ApiKey, Role
@@ -134,6 +134,13 @@ def _rate_limit() -> str:
     return own or svc.settings.api_rate_limit
 
 
+def _retry_after_only_when_refused(response: Response) -> Response:
+    """Flask-Limiter sets Retry-After on every response; it means something on a 429 or 503 only."""
+    if response.status_code not in (429, 503):
+        response.headers.pop("Retry-After", None)
+    return response
+
+
 def install(app: Flask) -> Limiter:
     """Authenticate every request, then count it against its key's rate limit
     (in Redis, so every web process shares the count). Order matters: the key
@@ -142,6 +149,8 @@ def install(app: Flask) -> Limiter:
     if svc.settings.bootstrap_api_key:
         svc.keys.ensure_bootstrap(svc.settings.bootstrap_api_key)
     app.before_request(authenticate)
+    # Registered before the limiter, so it runs after the limiter's header hook.
+    app.after_request(_retry_after_only_when_refused)
     limiter = Limiter(
         _rate_key,
         app=app,

@@ -58,7 +58,10 @@ def stored_keys(app: Flask) -> list[str]:
 def test_past_its_rate_a_key_gets_429_with_retry_after_and_other_keys_do_not(app: Flask) -> None:
     app.extensions["batchsvc"].tenants.update("default", rate_limit="3/minute")
     first, second = client_of(app), client_of(app)
-    assert [first.get("/v1/batch").status_code for _ in range(3)] == [200, 200, 200]
+    allowed = [first.get("/v1/batch") for _ in range(3)]
+    assert [r.status_code for r in allowed] == [200, 200, 200]
+    assert [r.headers["X-RateLimit-Remaining"] for r in allowed] == ["2", "1", "0"]
+    assert all("Retry-After" not in r.headers for r in allowed)  # it means something on a 429 only
 
     refused = first.get("/v1/batch")
     error_of(refused, 429, "rate_limited")
