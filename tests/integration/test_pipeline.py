@@ -12,9 +12,9 @@ import orjson
 import pytest
 
 from batchsvc import layout
-from batchsvc.webhooks import verify
+from batchsvc.webhooks import WebhookVerificationError, verify
 from tests.conftest import TEST_WEBHOOK_SECRET
-from tests.support.client import upload
+from tests.support.client import grant, keyed_client, upload
 from tests.support.examples import score_schema, write_candidates
 from tests.support.http import LoopbackHTTPServer
 from tests.support.stack import Stack, wait_until
@@ -192,3 +192,45 @@ def test_logprobs_and_legacy_completions_come_back_in_openai_shapes(s3_stack: St
     for choice in legacy.choices:
         assert len(choice.logprobs.tokens) == len(choice.logprobs.token_logprobs) == len(choice.logprobs.top_logprobs)
         assert all(len(top) <= 1 for top in choice.logprobs.top_logprobs)
+
+
+def test_a_tenants_job_is_signed_with_its_own_secret_and_no_log_holds_its_data(
+    s3_stack: Stack, http_server: LoopbackHTTPServer
+) -> None:
+    """Another tenant, end to end on the real workers: its key, its storage
+    prefix, its webhook secret; and no worker or API log line carries the
+    prompt, the key or a secret."""
+    svc = s3_stack.services
+    secret, _ = svc.tenants.rotate_webhook_secret("acme", overlap_s=60)
+    acme_key = grant(s3_stack.app, "acme")
+    sentinel = "Applicant Zoe Quartermaine-Vex, passport K1234567"
+    lines = [
+        {
+            "custom_id": f"z{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"messages": [{"role": "user", "content": f"{sentinel} #{i}"}], "max_tokens": 4},
+        }
+        for i in range(20)
+    ]
+    data = b"".join(orjson.dumps(line) + b"\n" for line in lines)
+    acme = keyed_client(s3_stack.app, acme_key)
+    response = upload(acme, data, "tiny-random", webhook_url=f"{http_server.url}/hooks/acme")
+    assert response.status_code == 202, response.get_json()
+    job_id = response.get_json()["job_id"]
+    job = s3_stack.wait_for_job(job_id, client=acme)
+    assert job["status"] == "completed", job
+    assert s3_stack.client.get(f"/v1/batch/{job_id}").status_code == 404  # the default tenant's key
+
+    keys = [i.key for i in s3_stack.storage.list(f"tenants/acme/jobs/{job_id}/")]
+    assert f"tenants/acme/jobs/{job_id}/results.jsonl" in keys
+
+    hooks = wait_until(lambda: [p for p in http_server.posts() if p.path == "/hooks/acme"], 60, what="webhook")
+    verify([secret], hooks[0].headers, hooks[0].body)
+    with pytest.raises(WebhookVerificationError):
+        verify([TEST_WEBHOOK_SECRET], hooks[0].headers, hooks[0].body)  # not the deployment default
+
+    logs = s3_stack.cpu.log_text() + s3_stack.llm.log_text()
+    assert job_id in logs  # the logs are the ones that ran this job...
+    for leaked in (sentinel, acme_key, s3_stack.api_key, secret, TEST_WEBHOOK_SECRET):
+        assert leaked not in logs  # ...and carry none of these

@@ -18,13 +18,12 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.serving import make_server
-from werkzeug.test import TestResponse
 
 from batchsvc.auth import Role
 from batchsvc.jobs import JobStatus
 from batchsvc.prepare import prepare_job
 from batchsvc.services import Services
-from tests.support.client import error_of, grant, keyed_client_class, upload
+from tests.support.client import error_of, grant, keyed_client, upload
 from tests.support.http import LoopbackHTTPServer
 
 
@@ -45,7 +44,7 @@ def lines(n: int, **body: Any) -> bytes:
 
 
 def client_of(app: Flask, tenant: str = "default", role: Role = Role.SUBMITTER) -> FlaskClient:
-    return keyed_client_class(grant(app, tenant, role))(app, TestResponse, use_cookies=False)
+    return keyed_client(app, grant(app, tenant, role))
 
 
 def stored_keys(app: Flask) -> list[str]:

@@ -52,6 +52,11 @@ def keyed_client_class(key: str) -> type[FlaskClient]:
     return KeyedClient
 
 
+def keyed_client(app: Flask, key: str) -> FlaskClient:
+    """A test client of `app` that calls with `key`."""
+    return keyed_client_class(key)(app, TestResponse, use_cookies=False)
+
+
 def grant(app: Flask, tenant: str = "default", role: Role = Role.SUBMITTER) -> str:
     """A new API key of `tenant` with `role`, straight from the app's key store."""
     _, key = app.extensions["batchsvc"].keys.create(tenant, role, "test")

@@ -210,16 +210,19 @@ class Stack:
         for key in jobs.redis.scan_iter(f"{jobs.prefix}:*"):
             jobs.redis.delete(key)
 
-    def wait_for_job(self, job_id: str, timeout: float = 600) -> dict[str, Any]:
+    def wait_for_job(self, job_id: str, timeout: float = 600, client: Any = None) -> dict[str, Any]:
+        """Poll the job until it ends, as `client` (by default the stack's own key)."""
+        client = client or self.client
+
         def finished() -> dict[str, Any] | None:
-            body = self.client.get(f"/v1/batch/{job_id}").get_json()
+            body = client.get(f"/v1/batch/{job_id}").get_json()
             return body if body["status"] in ("completed", "failed", "cancelled", "expired") else None
 
         try:
             return wait_until(finished, timeout, interval=0.5, what=f"job {job_id} to finish")
         except TimeoutError:
             raise TimeoutError(
-                f"job {job_id} did not finish: {self.client.get(f'/v1/batch/{job_id}').get_json()}\n"
+                f"job {job_id} did not finish: {client.get(f'/v1/batch/{job_id}').get_json()}\n"
                 f"--- cpu worker ---\n{self.cpu.log_tail()}\n--- llm worker ---\n{self.llm.log_tail()}"
             ) from None
 
