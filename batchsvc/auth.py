@@ -25,7 +25,6 @@ import orjson
 import redis
 
 from batchsvc.errors import ErrorType, ServiceError
-from batchsvc.settings import Settings
 
 KEY_PREFIX = "bsk_"
 BOOTSTRAP_KEY_ID = "key_bootstrap"
@@ -97,11 +96,6 @@ class KeyStore:
     def __init__(self, client: redis.Redis, prefix: str = "batchsvc"):
         self.redis: Any = client
         self.prefix = prefix
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> KeyStore:
-        client = redis.Redis.from_url(settings.state_redis_url, socket_timeout=10, socket_connect_timeout=5)
-        return cls(client, settings.redis_prefix)
 
     def _key(self, key_id: str) -> str:
         return f"{self.prefix}:apikey:{key_id}"

@@ -15,7 +15,6 @@ import orjson
 import redis
 
 from batchsvc.errors import ErrorType, ServiceError
-from batchsvc.settings import Settings
 
 
 class FileNotFound(ServiceError):
@@ -60,11 +59,6 @@ class FileStore:
     def __init__(self, client: redis.Redis, prefix: str = "batchsvc"):
         self.redis: Any = client
         self.prefix = prefix
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> FileStore:
-        client = redis.Redis.from_url(settings.state_redis_url, socket_timeout=10, socket_connect_timeout=5)
-        return cls(client, settings.redis_prefix)
 
     def _key(self, file_id: str) -> str:
         return f"{self.prefix}:file:{file_id}"

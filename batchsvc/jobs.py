@@ -26,7 +26,6 @@ import orjson
 import redis
 
 from batchsvc.errors import JobNotFound
-from batchsvc.settings import Settings
 
 
 class JobStatus(StrEnum):
@@ -203,13 +202,6 @@ class JobStore:
         self._transition = client.register_script(_TRANSITION)
         self._set_once = client.register_script(_SET_ONCE)
         self._create = client.register_script(_CREATE)
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> JobStore:
-        client = redis.Redis.from_url(
-            settings.state_redis_url, health_check_interval=30, socket_timeout=10, socket_connect_timeout=5
-        )
-        return cls(client, settings.redis_prefix)
 
     # --- keys ---
     def _key(self, job_id: str) -> str:

@@ -8,6 +8,8 @@ import os
 import secrets
 from functools import cached_property
 
+import redis
+
 from batchsvc.auth import KeyStore
 from batchsvc.files import FileStore
 from batchsvc.jobs import JobStore
@@ -58,20 +60,27 @@ class Services:
         self.settings = settings
 
     @cached_property
+    def state_redis(self) -> redis.Redis:
+        """One client (one connection pool) for every store of job state."""
+        return redis.Redis.from_url(
+            self.settings.state_redis_url, health_check_interval=30, socket_timeout=10, socket_connect_timeout=5
+        )
+
+    @cached_property
     def jobs(self) -> JobStore:
-        return JobStore.from_settings(self.settings)
+        return JobStore(self.state_redis, self.settings.redis_prefix)
 
     @cached_property
     def files(self) -> FileStore:
-        return FileStore.from_settings(self.settings)
+        return FileStore(self.state_redis, self.settings.redis_prefix)
 
     @cached_property
     def keys(self) -> KeyStore:
-        return KeyStore.from_settings(self.settings)
+        return KeyStore(self.state_redis, self.settings.redis_prefix)
 
     @cached_property
     def tenants(self) -> TenantStore:
-        return TenantStore.from_settings(self.settings)
+        return TenantStore(self.state_redis, self.settings.redis_prefix)
 
     @cached_property
     def storage(self) -> Storage:

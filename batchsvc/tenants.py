@@ -86,11 +86,6 @@ class TenantStore:
         self.redis: Any = client
         self.prefix = prefix
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> TenantStore:
-        client = redis.Redis.from_url(settings.state_redis_url, socket_timeout=10, socket_connect_timeout=5)
-        return cls(client, settings.redis_prefix)
-
     def _key(self, name: str) -> str:
         return f"{self.prefix}:tenant:{name}"
 
