@@ -47,29 +47,39 @@ def _bearer() -> str | None:
     return token.strip()
 
 
-def authenticate() -> None:
-    """before_request: resolve the key to a principal (g.key), or answer 401/403."""
+def identify() -> None:
+    """before_request, ahead of the rate limit: who is calling (g.key), or why the
+    call is refused (g.refusal). It raises nothing yet, so that callers with a
+    wrong key are counted too (per client address) before `enforce` refuses them."""
+    g.refusal = None
     if request.endpoint in PUBLIC_ENDPOINTS:
         return
     token = _bearer()
     if token is None:
-        audit.write("authenticate", 401)
-        raise _unauthorized("an API key is required: send Authorization: Bearer <key>")
+        g.refusal = _unauthorized("an API key is required: send Authorization: Bearer <key>")
+        return
     svc = _services()
     key = svc.keys.authenticate(token)
     if key is None:
-        audit.write("authenticate", 401)
-        raise _unauthorized("the API key is not valid (unknown or revoked)")
+        g.refusal = _unauthorized("the API key is not valid (unknown or revoked)")
+        return
     g.key = key
     g.tenant = key.tenant
     g.key_id = key.id
     if not svc.tenants.get(key.tenant).admits(request.remote_addr):
-        audit.write("authenticate", 403)
-        raise ServiceError(
+        g.refusal = ServiceError(
             ErrorType.FORBIDDEN,
             "this tenant does not accept requests from this address",
             {"client_ip": request.remote_addr},
         )
+
+
+def enforce() -> None:
+    """before_request, after the rate limit: answer a refused caller 401 or 403."""
+    refusal: ServiceError | None = g.get("refusal")
+    if refusal is not None:
+        audit.write("authenticate", refusal.type.status)
+        raise refusal
 
 
 def current_key() -> ApiKey:
@@ -123,6 +133,7 @@ def visible_file(file_id: str) -> FileRecord:
 
 
 def _rate_key() -> str:
+    """A bucket per key; callers without a valid key share one per client address."""
     key = getattr(g, "key", None)
     return f"key:{key.id}" if key is not None else f"ip:{request.remote_addr}"
 
@@ -142,13 +153,14 @@ def _retry_after_only_when_refused(response: Response) -> Response:
 
 
 def install(app: Flask) -> Limiter:
-    """Authenticate every request, then count it against its key's rate limit
-    (in Redis, so every web process shares the count). Order matters: the key
+    """Identify every request's key, count the request against that key's rate
+    limit (in Redis, so every web process shares the count), then refuse it if
+    the key was missing, wrong or from a barred address. Order matters: the key
     must be known before the limiter picks the bucket."""
     svc: Services = app.extensions["batchsvc"]
     if svc.settings.bootstrap_api_key:
         svc.keys.ensure_bootstrap(svc.settings.bootstrap_api_key)
-    app.before_request(authenticate)
+    app.before_request(identify)
     # Registered before the limiter, so it runs after the limiter's header hook.
     app.after_request(_retry_after_only_when_refused)
     limiter = Limiter(
@@ -162,4 +174,5 @@ def install(app: Flask) -> Limiter:
         swallow_errors=True,  # a Redis blip must not turn every request into a 500
         default_limits_exempt_when=lambda: request.blueprint == "health",
     )
+    app.before_request(enforce)  # after the limiter's check: refused callers are counted first
     return limiter

@@ -70,6 +70,18 @@ def test_past_its_rate_a_key_gets_429_with_retry_after_and_other_keys_do_not(app
     assert first.get("/healthz").status_code == 200  # health checks are never limited
 
 
+def test_callers_with_a_wrong_key_are_limited_per_address(make_app: Any) -> None:
+    """Guessing keys costs requests: refused calls count against the caller's address."""
+    app = make_app(role=None, api_rate_limit="3/minute")
+    client = app.test_client()
+    wrong = {"Authorization": "Bearer bsk_guess"}
+    assert [client.get("/v1/batch", headers=wrong).status_code for _ in range(3)] == [401, 401, 401]
+    error_of(client.get("/v1/batch", headers=wrong), 429, "rate_limited")
+    other_address = client.get("/v1/batch", headers=wrong, environ_base={"REMOTE_ADDR": "10.9.9.9"})
+    assert other_address.status_code == 401
+    assert client.get("/v1/batch", headers={"Authorization": f"Bearer {grant(app)}"}).status_code == 200
+
+
 def test_the_rate_limit_is_shared_by_every_web_process(make_app: Any) -> None:
     """Counted in Redis: two apps (two gunicorn workers) draw on one bucket."""
     one = make_app()

@@ -210,8 +210,10 @@ class Stack:
         for key in jobs.redis.scan_iter(f"{jobs.prefix}:*"):
             jobs.redis.delete(key)
 
-    def wait_for_job(self, job_id: str, timeout: float = 600, client: Any = None) -> dict[str, Any]:
-        """Poll the job until it ends, as `client` (by default the stack's own key)."""
+    def wait_for_job(
+        self, job_id: str, timeout: float = 600, client: Any = None, interval: float = 0.5
+    ) -> dict[str, Any]:
+        """Poll the job every `interval` s until it ends, as `client` (by default the stack's own key)."""
         client = client or self.client
 
         def finished() -> dict[str, Any] | None:
@@ -219,7 +221,7 @@ class Stack:
             return body if body["status"] in ("completed", "failed", "cancelled", "expired") else None
 
         try:
-            return wait_until(finished, timeout, interval=0.5, what=f"job {job_id} to finish")
+            return wait_until(finished, timeout, interval=interval, what=f"job {job_id} to finish")
         except TimeoutError:
             raise TimeoutError(
                 f"job {job_id} did not finish: {client.get(f'/v1/batch/{job_id}').get_json()}\n"
