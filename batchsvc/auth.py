@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import re
 import secrets
 import time
@@ -25,6 +26,8 @@ import orjson
 import redis
 
 from batchsvc.errors import ErrorType, ServiceError
+
+log = logging.getLogger(__name__)
 
 KEY_PREFIX = "bsk_"
 BOOTSTRAP_KEY_ID = "key_bootstrap"
@@ -131,7 +134,9 @@ class KeyStore:
 
     def ensure_bootstrap(self, key: str) -> ApiKey:
         """Install the operator's bootstrap admin key (BATCHSVC_BOOTSTRAP_API_KEY) for
-        the default tenant. Idempotent; a changed value replaces the old one."""
+        the default tenant. Idempotent; a changed value replaces the old one. A
+        value that was revoked stays revoked: starting with it again does not
+        bring it back."""
         if len(key) < _MIN_BOOTSTRAP_CHARS:
             raise ValueError(f"the bootstrap API key must be at least {_MIN_BOOTSTRAP_CHARS} characters")
         value = digest(key)
@@ -139,7 +144,9 @@ class KeyStore:
             old = self.get(BOOTSTRAP_KEY_ID)
         except KeyNotFound:
             old = None
-        if old is not None and old.digest == value and old.active:
+        if old is not None and old.digest == value:
+            if not old.active:
+                log.warning("BATCHSVC_BOOTSTRAP_API_KEY was revoked; it stays revoked (set a new value to replace it)")
             return old
         if old is not None:
             self.redis.delete(self._by_digest(old.digest))

@@ -16,6 +16,7 @@ re-run of a shard overwrites its own figures instead of counting twice.
 from __future__ import annotations
 
 import dataclasses
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -67,6 +68,14 @@ def new_job_id() -> str:
     return "batch_" + secrets.token_hex(16)
 
 
+def is_job_id(value: str) -> bool:
+    """Whether `value` has the shape new_job_id gives (before it is used in a storage key)."""
+    return _JOB_ID.fullmatch(value) is not None
+
+
+_JOB_ID = re.compile(r"batch_[0-9a-f]{32}")
+
+
 @dataclass
 class Job:
     id: str
@@ -90,6 +99,9 @@ class Job:
     completion_window: str | None = None  # e.g. "24h"
     expires_at: float | None = None  # unanswered requests expire then; finished ones are kept
     total: int | None = None  # request lines, known after validation (or at upload)
+    # Lines the input held at submit, where that is known (an upload, a Files API file):
+    # what the job counts against its tenant's queued-request quota until `total` is known.
+    submitted_lines: int | None = None
     shard_count: int | None = None
     errors: list[dict[str, Any]] = field(default_factory=list)  # first N validation/job errors
     error_count: int = 0

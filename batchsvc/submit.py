@@ -185,12 +185,13 @@ def submit_job(
     if input_file is not None:
         job.input_key = input_file.key
         job.input_file_id = input_file.id
+        job.submitted_lines = input_file.lines
     if upload is not None:
         reader = CappedReader(upload, svc.settings.max_file_bytes)
         key = layout.input_key(job)
         svc.storage.put_stream(key, reader, "application/jsonl")  # type: ignore[arg-type]
         job.input_key = key
-        job.total = reader.line_estimate  # an estimate until validation counts request lines
+        job.total = job.submitted_lines = reader.line_estimate  # an estimate until validation counts request lines
         try:
             check_quota(policy, svc.settings, svc.jobs, job.total)
         except ServiceError:

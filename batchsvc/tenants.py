@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,10 +111,14 @@ class TenantStore:
         pipe.execute()
         return self.get(name)
 
-    def rotate_webhook_secret(self, name: str, overlap_s: float, secret: str | None = None) -> tuple[str, float]:
+    def rotate_webhook_secret(
+        self, name: str, overlap_s: float, secret: str | None = None, inherited: Sequence[str] = ()
+    ) -> tuple[str, float]:
         """Make `secret` (or a new one) the tenant's signing secret. The ones it
         replaces keep signing until now + overlap_s, so receivers holding either
-        verify during the switch. Returns the secret and that moment."""
+        verify during the switch. On a tenant's first rotation, those are the
+        deployment's secrets it was signed with until now (`inherited`).
+        Returns the secret and that moment."""
         secret = secret or webhooks.new_secret()
         webhooks.sign(secret, "msg_check", 0, b"")  # refuses a malformed secret, without echoing it
         now = time.time()
@@ -123,11 +128,10 @@ class TenantStore:
                 try:
                     pipe.watch(self._key(name))
                     policy = self.get(name)
-                    kept = [
-                        {**s, "retire_at": min(s.get("retire_at") or until, until)}
-                        for s in policy.webhook_secrets
-                        if s.get("retire_at") is None or s["retire_at"] > now
-                    ]
+                    current = [s for s in policy.webhook_secrets if s.get("retire_at") is None or s["retire_at"] > now]
+                    if not current:
+                        current = [{"secret": s, "created_at": now, "retire_at": None} for s in inherited]
+                    kept = [{**s, "retire_at": min(s.get("retire_at") or until, until)} for s in current]
                     secrets = [{"secret": secret, "created_at": now, "retire_at": None}, *kept]
                     pipe.multi()
                     pipe.hset(self._key(name), "webhook_secrets", orjson.dumps(secrets))
@@ -153,8 +157,10 @@ def _quota_error(message: str, limit: str, maximum: int, current: int) -> Servic
 
 
 def queued_requests(jobs: JobStore, active: list[Job]) -> int:
-    """Requests of these jobs not answered yet (a job whose size is unknown counts 0)."""
-    return sum(max(0, (job.total or 0) - jobs.counts(job.id).done) for job in active)
+    """Requests of these jobs not answered yet: validated requests, or else the
+    lines counted at submit (a fetched file counts 0 until it is read)."""
+    total = (job.total if job.total is not None else job.submitted_lines or 0 for job in active)
+    return sum(max(0, size - jobs.counts(job.id).done) for job, size in zip(active, total, strict=True))
 
 
 def max_active_jobs(policy: TenantPolicy, settings: Settings) -> int:

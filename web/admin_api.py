@@ -84,7 +84,10 @@ def rotate_webhook_secret(tenant: str) -> tuple[Response, int]:
     svc = services()
     try:
         secret, until = svc.tenants.rotate_webhook_secret(
-            check_tenant(tenant), svc.settings.webhook_secret_overlap_s, args.get("secret")
+            check_tenant(tenant),
+            svc.settings.webhook_secret_overlap_s,
+            args.get("secret"),
+            inherited=svc.settings.webhook_secrets.split(),
         )
     except ValueError as exc:
         raise ServiceError(ErrorType.VALIDATION, str(exc), {"fields": {"secret": [str(exc)]}}) from None

@@ -10,9 +10,9 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
 
 from batchsvc import progress
-from batchsvc.auth import Role
+from batchsvc.auth import Role, check_tenant
 from batchsvc.errors import ErrorType, JobNotFound, ServiceError
-from batchsvc.jobs import Job, JobStatus, job_priority
+from batchsvc.jobs import Job, JobStatus, is_job_id, job_priority
 from batchsvc.lifecycle import cancel_job
 from batchsvc.partial import finished_lines
 from batchsvc.recovery import failed_requests_file, plan_redrive, rebuild_job
@@ -259,11 +259,11 @@ def retry_batch(job_id: str) -> tuple[Response, int]:
     try:
         job = visible_job(job_id)
     except JobNotFound:
-        if svc.jobs.exists(job_id):
+        if svc.jobs.exists(job_id) or not is_job_id(job_id):
             raise
         # Redis lost it: storage still knows it, under the caller's tenant (an
         # admin may name another with ?tenant=), or this is a 404 too.
-        tenant = visible_tenant() or request.args.get("tenant", current_key().tenant)
+        tenant = visible_tenant() or check_tenant(request.args.get("tenant", current_key().tenant))
         job = rebuild_job(svc, job_id, tenant)
     if request.args.get("scope") == "failed_requests":
         return _retry_failed_requests(svc, job)

@@ -8,6 +8,7 @@ of another tenant's answers exactly like an id that does not exist."""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -63,15 +64,17 @@ def identify() -> None:
     if key is None:
         g.refusal = _unauthorized("the API key is not valid (unknown or revoked)")
         return
-    g.key = key
-    g.tenant = key.tenant
+    g.tenant = key.tenant  # for the audit line, refused or not
     g.key_id = key.id
     if not svc.tenants.get(key.tenant).admits(request.remote_addr):
+        # Not g.key: a barred address is counted per address, so it cannot spend the key's rate.
         g.refusal = ServiceError(
             ErrorType.FORBIDDEN,
             "this tenant does not accept requests from this address",
             {"client_ip": request.remote_addr},
         )
+        return
+    g.key = key
 
 
 def enforce() -> None:
@@ -133,9 +136,20 @@ def visible_file(file_id: str) -> FileRecord:
 
 
 def _rate_key() -> str:
-    """A bucket per key; callers without a valid key share one per client address."""
+    """A bucket per accepted key; other callers share one per client address, an
+    IPv6 client per /64 (one host is commonly given a whole /64 to pick from)."""
     key = getattr(g, "key", None)
-    return f"key:{key.id}" if key is not None else f"ip:{request.remote_addr}"
+    if key is not None:
+        return f"key:{key.id}"
+    try:
+        address = ipaddress.ip_address(request.remote_addr or "")
+    except ValueError:
+        return f"ip:{request.remote_addr}"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return f"ip:{address.ipv4_mapped}"
+        return f"ip:{ipaddress.IPv6Network((address, 64), strict=False)}"
+    return f"ip:{address}"
 
 
 def _rate_limit() -> str:
@@ -172,7 +186,8 @@ def install(app: Flask) -> Limiter:
         headers_enabled=True,
         strategy="moving-window",
         swallow_errors=True,  # a Redis blip must not turn every request into a 500
-        default_limits_exempt_when=lambda: request.blueprint == "health",
+        # Liveness and readiness only: /metrics needs a key, so wrong keys there count too.
+        default_limits_exempt_when=lambda: request.endpoint in ("health.healthz", "health.readyz"),
     )
     app.before_request(enforce)  # after the limiter's check: refused callers are counted first
     return limiter

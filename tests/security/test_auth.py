@@ -184,6 +184,21 @@ def test_the_bootstrap_key_is_an_admin_of_the_default_tenant(make_app: Any) -> N
     error_of(client.get("/v1/keys", headers=bearer(bootstrap)), 401, "unauthorized")
 
 
+def test_a_revoked_bootstrap_key_stays_revoked_when_the_api_starts_with_it_again(make_app: Any) -> None:
+    bootstrap = "demo-bootstrap-key-0123456789abcdef"
+    client = make_app(role=None, bootstrap_api_key=bootstrap).test_client()
+    assert client.delete(f"/v1/keys/{BOOTSTRAP_KEY_ID}", headers=bearer(bootstrap)).status_code == 200
+
+    restarted = make_app(role=None, bootstrap_api_key=bootstrap).test_client()
+    error_of(restarted.get("/v1/keys", headers=bearer(bootstrap)), 401, "unauthorized")
+    # A new value is a new key.
+    fresh = "fresh-bootstrap-key-0123456789abcdef"
+    assert (
+        make_app(role=None, bootstrap_api_key=fresh).test_client().get("/v1/keys", headers=bearer(fresh)).status_code
+        == 200
+    )
+
+
 def test_a_short_bootstrap_key_stops_the_app_from_starting(make_app: Any) -> None:
     with pytest.raises(ValueError, match="at least 24 characters"):
         make_app(role=None, bootstrap_api_key="admin")

@@ -103,6 +103,13 @@ def test_another_tenants_output_file_answers_like_a_missing_one(tenants: dict[st
     same_as_missing(tenants["b"], "get", "/v1/files/{}/content", output_file, MISSING_FILE)
 
 
+@pytest.mark.parametrize("job_id", ["%2E%2E", "..", "batch_x%2Fy", "batch_" + "0" * 31 + "Z"])
+def test_a_retry_of_an_id_that_is_not_a_job_id_is_a_plain_404(tenants: dict[str, Any], job_id: str) -> None:
+    response = tenants["a"].post(f"/v1/batch/{job_id}/retry")
+    assert response.status_code == 404
+    assert response.get_json()["error"]["type"] == "not_found"
+
+
 def test_a_batch_cannot_be_made_of_another_tenants_file(tenants: dict[str, Any]) -> None:
     body = {"input_file_id": tenants["file_id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"}
     theirs = tenants["b"].post("/v1/batches", json=body)

@@ -82,6 +82,40 @@ def test_callers_with_a_wrong_key_are_limited_per_address(make_app: Any) -> None
     assert client.get("/v1/batch", headers={"Authorization": f"Bearer {grant(app)}"}).status_code == 200
 
 
+def test_wrong_keys_on_metrics_count_too(make_app: Any) -> None:
+    client = make_app(role=None, api_rate_limit="2/minute").test_client()
+    wrong = {"Authorization": "Bearer bsk_guess"}
+    assert [client.get("/metrics", headers=wrong).status_code for _ in range(3)] == [401, 401, 429]
+    assert client.get("/healthz").status_code == 200 and client.get("/readyz").status_code == 200
+
+
+def test_a_barred_address_spends_its_own_rate_not_the_keys(make_app: Any) -> None:
+    """A key used from outside its tenant's allowlist must not use up the rate of the key's owner."""
+    app = make_app(role=None, api_rate_limit="2/minute")
+    svc: Services = app.extensions["batchsvc"]
+    svc.tenants.update("acme", ip_allowlist=["10.8.0.0/16"])
+    acme = client_of(app, "acme")
+    outside = [acme.get("/v1/batch", environ_base={"REMOTE_ADDR": "203.0.113.9"}).status_code for _ in range(3)]
+    assert outside == [403, 403, 429]  # counted against 203.0.113.9 at the deployment's rate...
+    inside = [acme.get("/v1/batch", environ_base={"REMOTE_ADDR": "10.8.1.1"}).status_code for _ in range(3)]
+    assert inside == [200, 200, 429]  # ...and the owner still has the key's whole rate
+
+
+def test_ipv6_callers_without_a_key_share_a_bucket_per_64(make_app: Any) -> None:
+    client = make_app(role=None, api_rate_limit="2/minute").test_client()
+    wrong = {"Authorization": "Bearer bsk_guess"}
+
+    def from_ip(address: str) -> int:
+        return client.get("/v1/batch", headers=wrong, environ_base={"REMOTE_ADDR": address}).status_code
+
+    assert [from_ip("2001:db8:1:2::1"), from_ip("2001:db8:1:2::ffff"), from_ip("2001:db8:1:2:abcd::9")] == [
+        401,
+        401,
+        429,
+    ]
+    assert from_ip("2001:db8:1:3::1") == 401  # the next /64 is someone else
+
+
 def test_the_rate_limit_is_shared_by_every_web_process(make_app: Any) -> None:
     """Counted in Redis: two apps (two gunicorn workers) draw on one bucket."""
     one = make_app()
@@ -141,6 +175,18 @@ def test_the_queued_request_quota_applies_to_openai_batches(app: Flask, client: 
     }
     error = error_of(client.post("/v1/batches", json=body), 429, "rate_limited")
     assert error["details"]["quota"] == "max_queued_requests"
+
+
+def test_batches_of_one_file_all_count_until_validated(app: Flask, client: FlaskClient) -> None:
+    """A batch counts its file's lines from the moment it is created, not only once prepared."""
+    app.extensions["batchsvc"].tenants.update("default", max_queued_requests=8)
+    form = {"purpose": "batch", "file": (io.BytesIO(lines(5)), "in.jsonl")}
+    file_id = client.post("/v1/files", data=form).get_json()["id"]
+    body = {"input_file_id": file_id, "endpoint": "/v1/chat/completions", "metadata": {"model": "instant-test"}}
+    assert client.post("/v1/batches", json={**body, "completion_window": "24h"}).status_code == 200
+    error = error_of(client.post("/v1/batches", json={**body, "completion_window": "24h"}), 429, "rate_limited")
+    assert (error["details"]["quota"], error["details"]["current"]) == ("max_queued_requests", 5)
+    error_of(upload(client, lines(4), "instant-test"), 429, "rate_limited")
 
 
 def test_a_fetched_file_over_the_quota_fails_in_prepare_and_runs_nothing(

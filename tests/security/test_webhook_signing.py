@@ -25,6 +25,7 @@ from batchsvc.services import Services
 from batchsvc.settings import PROJECT_ROOT, load_settings
 from batchsvc.tenants import TenantPolicy, webhook_secrets
 from batchsvc.webhooks import WebhookError, WebhookVerificationError, sign, signature_header, verify
+from tests.conftest import TEST_WEBHOOK_SECRET
 from tests.support.http import LoopbackHTTPServer, Received
 
 NEW = webhooks.new_secret()
@@ -254,9 +255,13 @@ def test_an_admin_rotates_a_tenant_secret_through_the_api(make_app: Any) -> None
     assert made.status_code == 201
     body = made.get_json()
     assert body["secret"].startswith("whsec_") and body["previous_valid_until"] > time.time()
-    assert app.extensions["batchsvc"].tenants.get("acme").live_secrets() == [body["secret"]]
+    # Its first rotation: the deployment secret it was signed with so far keeps signing for the overlap.
+    policy = app.extensions["batchsvc"].tenants.get("acme")
+    assert policy.live_secrets() == [body["secret"], TEST_WEBHOOK_SECRET]
+    assert policy.live_secrets(now=body["previous_valid_until"] + 1) == [body["secret"]]
     shown = client.get("/v1/tenants/acme").get_json()
-    assert body["secret"] not in repr(shown) and len(shown["webhook_secrets"]) == 1
+    assert body["secret"] not in repr(shown) and TEST_WEBHOOK_SECRET not in repr(shown)
+    assert len(shown["webhook_secrets"]) == 2
     refused = client.post("/v1/tenants/acme/webhook_secret", json={"secret": "whsec_not-base64!!"})
     assert refused.status_code == 422
     assert "not-base64" not in refused.get_data(as_text=True)
