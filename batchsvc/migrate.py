@@ -92,9 +92,11 @@ def migrate_to_tenant_layout(svc: Services, tenant: str = "default") -> Migrated
             if svc.storage.exists(record.key):
                 _move(svc.storage, record.key, new_key, record.key, new_key)
                 done.objects += 1
+            record.key = new_key
         else:  # a job's output or error file: its job moved it
-            new_key = _moved(record.key, f"jobs/{record.job_id}/", f"tenants/{tenant}/jobs/{record.job_id}/")
-        record.key, record.tenant = new_key or record.key, tenant
+            old, new = f"jobs/{record.job_id}/", f"tenants/{tenant}/jobs/{record.job_id}/"
+            record.key = _moved(record.key, old, new) or record.key
+        record.tenant = tenant
         svc.files.save(record)  # writes the tenant field and the tenant's index
         done.files += 1
     log.info("migrated %d job(s), %d file(s), %d object(s) to tenant %r", done.jobs, done.files, done.objects, tenant)
