@@ -12,6 +12,7 @@ objects have moved, and a run that stopped half-way picks up what is left."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,16 +59,20 @@ def _move_prefix(storage: Storage, old: str, new: str) -> int:
     return len(infos)
 
 
+def _without_tenant(state: Any, prefix: str, kind: str) -> Iterator[tuple[str, dict[bytes, bytes]]]:
+    """The records of a kind ("job", "file") that have no tenant yet: ids and fields."""
+    for raw_id in state.zrange(f"{prefix}:{kind}s", 0, -1):
+        fields = state.hgetall(f"{prefix}:{kind}:{raw_id.decode()}")
+        if fields and b"tenant" not in fields:
+            yield raw_id.decode(), fields
+
+
 def migrate_to_tenant_layout(svc: Services, tenant: str = "default") -> Migrated:
     """Give every record without a tenant to `tenant`, moving its objects."""
     done = Migrated()
     state: Any = svc.jobs.redis
     prefix = svc.settings.redis_prefix
-    for raw_id in state.zrange(f"{prefix}:jobs", 0, -1):
-        job_id = raw_id.decode()
-        fields = state.hgetall(f"{prefix}:job:{job_id}")
-        if not fields or b"tenant" in fields:
-            continue
+    for job_id, fields in _without_tenant(state, prefix, "job"):
         job = Job.from_fields(fields)
         old, new = f"jobs/{job_id}/", layout.job_prefix(layout.JobKey(tenant, job_id))
         done.objects += _move_prefix(svc.storage, old, new)
@@ -81,11 +86,7 @@ def migrate_to_tenant_layout(svc: Services, tenant: str = "default") -> Migrated
         svc.jobs.update(job_id, tenant=tenant)  # last: the mark that this job is done
         save_job_record(svc, job_id)
         done.jobs += 1
-    for raw_id in state.zrange(f"{prefix}:files", 0, -1):
-        file_id = raw_id.decode()
-        fields = state.hgetall(f"{prefix}:file:{file_id}")
-        if not fields or b"tenant" in fields:
-            continue
+    for file_id, fields in _without_tenant(state, prefix, "file"):
         record = FileRecord.from_fields(fields)
         if record.key == f"files/{file_id}":
             new_key = layout.file_key(tenant, file_id)
