@@ -183,7 +183,7 @@ def test_a_file_round_trip(client: FlaskClient, services: Services) -> None:
 def test_only_purpose_batch_can_be_uploaded(client: FlaskClient, services: Services, purpose: str) -> None:
     error = error_of(post_file(client, jsonl(["a"]), purpose=purpose), 422, "validation_error")
     assert fields_of(error) == {"purpose"}
-    assert list(services.storage.list("files/")) == []
+    assert list(services.storage.list("tenants/")) == []
 
 
 @pytest.mark.parametrize(
@@ -216,7 +216,7 @@ def test_an_upload_over_max_file_bytes_is_413_and_stores_nothing(make_app: Any, 
     error = error_of(post_file(client, data), 413, "payload_too_large")
 
     assert error["details"]["limit"] == "max_file_bytes"
-    assert list(services.storage.list("files/")) == []
+    assert list(services.storage.list("tenants/")) == []
     assert services.files.list_ids() == []
 
 
@@ -471,7 +471,8 @@ def test_each_bad_input_kind_fails_the_batch_naming_the_line_and_runs_nothing(
     assert (error["line"], error["code"]) == (line, code)
     assert error["message"]
     assert batch["request_counts"] == {"total": 0, "completed": 0, "failed": 0}
-    assert [o.key for o in services.storage.list(f"jobs/{batch_id}/shards/")] == []  # nothing ran
+    shards = layout.job_prefix(layout.JobKey("default", batch_id)) + "shards/"
+    assert [o.key for o in services.storage.list(shards)] == []  # nothing ran
 
 
 def test_an_empty_file_fails_the_batch(app: Flask, client: FlaskClient, services: Services) -> None:

@@ -124,7 +124,7 @@ def test_unknown_model_is_422_naming_the_model_field(client: FlaskClient) -> Non
 def test_unknown_model_in_an_upload_is_422_and_stores_nothing(client: FlaskClient, services: Services) -> None:
     error = error_of(upload(client, jsonl(["a"]), model="gpt-17"), 422, "validation_error")
     assert named_fields(error) == {"model"}
-    assert list(services.storage.list("jobs/")) == []
+    assert list(services.storage.list("tenants/")) == []
     assert services.jobs.list_ids() == []
 
 
@@ -190,7 +190,7 @@ def test_an_upload_over_max_file_bytes_is_413_and_leaves_nothing(make_app: Any, 
 
     assert error["details"]["limit"] == "max_file_bytes"
     assert services.jobs.list_ids() == []
-    assert list(services.storage.list("jobs/")) == []
+    assert list(services.storage.list("tenants/")) == []
 
 
 def test_a_request_over_the_form_limit_is_413_json(make_app: Any) -> None:
