@@ -15,6 +15,7 @@ import orjson
 import redis
 
 from batchsvc.errors import ErrorType, ServiceError
+from batchsvc.jobs import newest_first
 
 
 class FileNotFound(ServiceError):
@@ -90,11 +91,7 @@ class FileStore:
     def list_ids(self, *, limit: int = 20, after: str | None = None, tenant: str | None = None) -> list[str]:
         """File ids, newest first, of one tenant or all; `after` is the last id of
         the previous page."""
-        index = self._index(tenant)
-        start = 0
-        if after is not None:
-            rank = self.redis.zrevrank(index, after)
-            if rank is None:
-                raise FileNotFound(after)
-            start = rank + 1
-        return [i.decode() for i in self.redis.zrevrange(index, start, start + limit - 1)]
+        ids = newest_first(self.redis, self._index(tenant), limit=limit, after=after)
+        if ids is None:
+            raise FileNotFound(after or "")
+        return ids

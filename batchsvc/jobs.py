@@ -314,18 +314,11 @@ class JobStore:
 
     def list_ids(self, *, limit: int = 20, after: str | None = None, tenant: str | None = None) -> list[str]:
         """Job ids, newest first, of one tenant or all; `after` is the last id of
-        the previous page.
-
-        The cursor is the job's rank, not its timestamp, so jobs created in the
-        same instant are neither skipped nor repeated."""
-        index = self._index_key(tenant)
-        start = 0
-        if after is not None:
-            rank = self.redis.zrevrank(index, after)
-            if rank is None:
-                raise JobNotFound(after)
-            start = rank + 1
-        return [i.decode() for i in self.redis.zrevrange(index, start, start + limit - 1)]
+        the previous page."""
+        ids = newest_first(self.redis, self._index_key(tenant), limit=limit, after=after)
+        if ids is None:
+            raise JobNotFound(after or "")
+        return ids
 
     # --- progress ---
     def record_shard_progress(self, job_id: str, shard: int, counts: Counts) -> None:
@@ -364,6 +357,19 @@ class JobStore:
 
     def record_model_rate(self, alias: str, req_per_sec: float) -> None:
         self.redis.set(f"{self.prefix}:model_rate:{alias}", repr(req_per_sec))
+
+
+def newest_first(client: Any, index: str, *, limit: int, after: str | None) -> list[str] | None:
+    """One page of a sorted-set index, highest score first, after the member
+    `after` (None when `after` is not in the index). The cursor is a rank, not a
+    score, so members with equal scores are neither skipped nor repeated."""
+    start = 0
+    if after is not None:
+        rank = client.zrevrank(index, after)
+        if rank is None:
+            return None
+        start = rank + 1
+    return [i.decode() for i in client.zrevrange(index, start, start + limit - 1)]
 
 
 def _plain(value: Any) -> Any:

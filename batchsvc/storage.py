@@ -178,7 +178,22 @@ def _b64decode(text: str) -> bytes:
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
 
-class LocalStorage:
+class _ReadsThroughOpen:
+    """What both backends do the same way once they can open an object."""
+
+    def open(self, key: str) -> io.BufferedReader:
+        raise NotImplementedError
+
+    def download(self, key: str, path: str | os.PathLike[str]) -> None:
+        with self.open(key) as src:
+            _copy_atomically(src, Path(path))
+
+    def get_bytes(self, key: str) -> bytes:
+        with self.open(key) as src:
+            return src.read()
+
+
+class LocalStorage(_ReadsThroughOpen):
     """Objects are files under root. Nothing touches the disk until the first call."""
 
     def __init__(self, root: str | Path, public_base_url: str, signing_key: bytes):
@@ -243,14 +258,6 @@ class LocalStorage:
             return open(self.path(key), "rb")
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise ObjectNotFound(key) from None
-
-    def download(self, key: str, path: str | os.PathLike[str]) -> None:
-        with self.open(key) as src:
-            _copy_atomically(src, Path(path))
-
-    def get_bytes(self, key: str) -> bytes:
-        with self.open(key) as src:
-            return src.read()
 
     def stat(self, key: str) -> ObjectInfo:
         with self.open(key) as src:
@@ -410,7 +417,7 @@ class _CountingReader:
         return data
 
 
-class S3Storage:
+class S3Storage(_ReadsThroughOpen):
     """Objects in one bucket of an S3-compatible store (MinIO, AWS, ...), via the minio SDK.
 
     Clients are made on first use and remade after a fork: a connection pool shared by
@@ -581,14 +588,6 @@ class S3Storage:
         with self._errors(key):
             response = self._client().get_object(self.bucket, key)
         return io.BufferedReader(_ResponseReader(response), buffer_size=64 * 1024)
-
-    def download(self, key: str, path: str | os.PathLike[str]) -> None:
-        with self.open(key) as src:
-            _copy_atomically(src, Path(path))
-
-    def get_bytes(self, key: str) -> bytes:
-        with self.open(key) as src:
-            return src.read()
 
     def stat(self, key: str) -> ObjectInfo:
         check_key(key)
