@@ -1,9 +1,11 @@
 """A small HTTP server on loopback for tests: serves files (input_file_url) and
-records POSTs (the webhook receiver). Its answer to POSTs can be changed mid-test."""
+records POSTs (webhook receivers), each with the status it was answered with.
+Its answer to POSTs can be changed mid-test."""
 
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -17,14 +19,24 @@ class Received:
     path: str
     headers: dict[str, str]
     body: bytes
+    answered: int = 200  # the status the server answered with
+    at: float = 0.0  # time.monotonic() when it arrived
 
     def json(self) -> Any:
         return orjson.loads(self.body)
 
+    @property
+    def webhook_id(self) -> str | None:
+        return {k.lower(): v for k, v in self.headers.items()}.get("webhook-id")
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.answered < 300
+
 
 @dataclass
 class LoopbackHTTPServer:
-    root: Path
+    root: Path | None = None  # the files GET serves; None serves none
     received: list[Received] = field(default_factory=list)
     post_status: int = 200
     _server: ThreadingHTTPServer | None = None
@@ -41,8 +53,9 @@ class LoopbackHTTPServer:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                path = (owner.root / self.path.lstrip("/")).resolve()
-                if owner.root.resolve() not in path.parents or not path.is_file():
+                root = owner.root
+                path = (root / self.path.lstrip("/")).resolve() if root is not None else None
+                if root is None or path is None or root.resolve() not in path.parents or not path.is_file():
                     self.send_error(404)
                     return
                 data = path.read_bytes()
@@ -55,8 +68,10 @@ class LoopbackHTTPServer:
                 length = int(self.headers.get("Content-Length", 0))
                 body = self.rfile.read(length)
                 with owner._lock:
-                    owner.received.append(Received(self.path, dict(self.headers.items()), body))
                     status = owner.post_status
+                    owner.received.append(
+                        Received(self.path, dict(self.headers.items()), body, status, time.monotonic())
+                    )
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()

@@ -25,8 +25,9 @@ import orjson
 
 from batchsvc.engine import InstantEngine
 from tests.support.client import upload
+from tests.support.http import Received
 from tests.support.stack import Stack, wait_until
-from tests.support.webhook_receiver import Delivery, WebhookReceiver
+from tests.support.webhook_receiver import WebhookReceiver
 
 INSTANT_MODEL = "instant-test"
 TERMINAL = ("completed", "failed", "cancelled", "expired")
@@ -158,7 +159,7 @@ class Outcome:
     lost: list[str]
     duplicated: list[str]
     recomputed: int
-    deliveries: list[Delivery]
+    deliveries: list[Received]
 
     @property
     def error_codes(self) -> Counter[str]:

@@ -90,7 +90,3 @@ class MotoServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
-
-
-def start_moto_server(timeout: float = 30.0) -> MotoServer:
-    return MotoServer.start(timeout)
