@@ -22,7 +22,7 @@ from batchsvc.submit import submit_job
 from tasks.celery_app import PREPARE, REDRIVE, celery_priority
 from web.audit import audited
 from web.auth import current_key, requires, visible_job, visible_tenant
-from web.schemas import ListJobsSchema, SubmitBatchFormSchema, SubmitBatchSchema
+from web.schemas import PageSchema, SubmitBatchFormSchema, SubmitBatchSchema
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
 
@@ -166,7 +166,7 @@ def get_batch(job_id: str) -> Response:
 
 @bp.get("/batch")
 def list_batches() -> Response:
-    args = ListJobsSchema().load(request.args.to_dict())
+    args = PageSchema().load(request.args.to_dict())
     svc = services()
     jobs = []
     for job_id in svc.jobs.list_ids(limit=args["limit"] + 1, after=args["after"], tenant=visible_tenant()):

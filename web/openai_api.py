@@ -23,7 +23,7 @@ from web.api import enqueue_prepare
 from web.audit import audited
 from web.auth import current_key, requires, visible_file, visible_job, visible_tenant
 from web.openai_schemas import UPLOAD_PURPOSE, CreateBatchSchema, ListFilesSchema, UploadFileSchema
-from web.schemas import ListJobsSchema
+from web.schemas import PageSchema
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
 
@@ -285,7 +285,7 @@ def cancel_batch(batch_id: str) -> Response:
 
 @bp.get("/batches")
 def list_batches() -> Response:
-    args = ListJobsSchema().load(request.args.to_dict())
+    args = PageSchema().load(request.args.to_dict())
     svc = services()
     page, has_more = _page(
         lambda n, after: svc.jobs.list_ids(limit=n, after=after, tenant=visible_tenant()),

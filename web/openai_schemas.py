@@ -12,6 +12,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, post_load, valid
 from werkzeug.datastructures import FileStorage
 
 from batchsvc.validation import DEFAULT_SUPPORTED_URLS
+from web.schemas import PageSchema
 
 # The only purpose a client may upload; "batch_output" files are made by finalize.
 UPLOAD_PURPOSE = "batch"
@@ -49,12 +50,7 @@ class UploadFileSchema(Schema):
         return data
 
 
-class ListFilesSchema(Schema):
-    class Meta:
-        unknown = RAISE
-
-    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
-    after = fields.String(load_default=None)
+class ListFilesSchema(PageSchema):
     purpose = fields.String(load_default=None, validate=validate.OneOf(FILE_PURPOSES))
     # Files are indexed newest first; that is the one order on offer.
     order = fields.String(load_default="desc", validate=validate.OneOf(["desc"]))

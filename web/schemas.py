@@ -51,7 +51,9 @@ class SubmitBatchFormSchema(SubmitBatchSchema):
         return data
 
 
-class ListJobsSchema(Schema):
+class PageSchema(Schema):
+    """One page of a newest-first list: `limit` items after the id `after`."""
+
     class Meta:
         unknown = RAISE
 

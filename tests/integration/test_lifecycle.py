@@ -5,19 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import orjson
 import pytest
 
 from tests.support.client import upload
 from tests.support.examples import write_candidates
+from tests.support.invariants import assert_each_request_once, lines_of
 from tests.support.stack import Stack, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-def lines_of(data: bytes) -> list[dict]:
-    # Every line must be whole JSON: a torn line fails right here.
-    return [orjson.loads(line) for line in data.splitlines() if line.strip()]
 
 
 def download(stack: Stack, url: str) -> bytes:
@@ -34,15 +29,6 @@ def submit(stack: Stack, path: Path, **fields: object) -> str:
 
 def job(stack: Stack, job_id: str) -> dict:
     return stack.client.get(f"/v1/batch/{job_id}").get_json()
-
-
-def assert_each_request_once(requests: list[dict], results: list[dict], errors: list[dict]) -> None:
-    result_ids = [r["custom_id"] for r in results]
-    error_ids = [e["custom_id"] for e in errors]
-    assert not set(result_ids) & set(error_ids)
-    assert sorted(result_ids + error_ids) == sorted(r["custom_id"] for r in requests)
-    order = {r["custom_id"]: i for i, r in enumerate(requests)}
-    assert result_ids == sorted(result_ids, key=order.__getitem__)  # input order kept
 
 
 def test_cancel_mid_run_keeps_what_finished_and_accounts_for_every_request(local_stack: Stack, tmp_path: Path) -> None:

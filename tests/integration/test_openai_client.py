@@ -14,6 +14,7 @@ from openai.types.chat import ChatCompletion
 
 from batchsvc import layout
 from tests.support.examples import write_candidates
+from tests.support.invariants import assert_each_request_once, lines_of
 from tests.support.stack import Stack, wait_until
 
 pytestmark = pytest.mark.integration
@@ -25,11 +26,6 @@ TERMINAL = ("completed", "failed", "cancelled", "expired")
 def client(s3_stack: Stack) -> Iterator[openai.OpenAI]:
     with openai.OpenAI(base_url=f"{s3_stack.serve_http()}/v1", api_key=s3_stack.api_key) as c:
         yield c
-
-
-def lines_of(text: str) -> list[dict]:
-    # Every line must be whole JSON: a torn line fails right here.
-    return [orjson.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def upload(client: openai.OpenAI, path: Path) -> str:
@@ -111,12 +107,7 @@ def test_cancel_mid_run_accounts_for_every_request(s3_stack: Stack, client: open
     assert final.output_file_id and final.error_file_id
     results = lines_of(client.files.content(final.output_file_id).text)
     errors = lines_of(client.files.content(final.error_file_id).text)
-    result_ids = [r["custom_id"] for r in results]
-    error_ids = [e["custom_id"] for e in errors]
-    assert not set(result_ids) & set(error_ids)
-    assert sorted(result_ids + error_ids) == sorted(r["custom_id"] for r in requests)
-    order = {r["custom_id"]: i for i, r in enumerate(requests)}
-    assert result_ids == sorted(result_ids, key=order.__getitem__)  # input order kept
+    assert_each_request_once(requests, results, errors)
 
     not_run = [e for e in errors if (e["error"] or {}).get("code") == "batch_cancelled"]
     assert 0 < len(not_run) < 2000  # it stopped part-way

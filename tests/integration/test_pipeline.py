@@ -17,6 +17,7 @@ from tests.conftest import TEST_WEBHOOK_SECRET
 from tests.support.client import grant, keyed_client, upload
 from tests.support.examples import score_schema, write_candidates
 from tests.support.http import LoopbackHTTPServer
+from tests.support.invariants import lines_of
 from tests.support.stack import Stack, wait_until
 
 pytestmark = pytest.mark.integration
@@ -25,10 +26,6 @@ pytestmark = pytest.mark.integration
 def fetch(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=30) as response:
         return response.read()
-
-
-def lines_of(data: bytes) -> list[dict]:
-    return [orjson.loads(line) for line in data.splitlines() if line.strip()]
 
 
 def assert_scored(results: list[dict], requests: list[dict]) -> None:

@@ -146,8 +146,19 @@ def fetch(stack: Stack, url: str) -> bytes:
         return bytes(response.read())
 
 
-def lines_of(data: bytes) -> list[dict[str, Any]]:
+def lines_of(data: bytes | str) -> list[dict[str, Any]]:
+    """The JSON lines of an output file; a torn line fails right here."""
     return [orjson.loads(line) for line in data.splitlines() if line.strip()]
+
+
+def assert_each_request_once(requests: list[dict], results: list[dict], errors: list[dict]) -> None:
+    """Every request's custom_id in exactly one of the two files, results in input order."""
+    result_ids = [r["custom_id"] for r in results]
+    error_ids = [e["custom_id"] for e in errors]
+    assert not set(result_ids) & set(error_ids)
+    assert sorted(result_ids + error_ids) == sorted(r["custom_id"] for r in requests)
+    order = {r["custom_id"]: i for i, r in enumerate(requests)}
+    assert result_ids == sorted(result_ids, key=order.__getitem__)  # input order kept
 
 
 @dataclass
