@@ -22,7 +22,7 @@ from batchsvc.prepare import prepare_job
 from batchsvc.services import Services
 from batchsvc.settings import Settings
 from batchsvc.shards import run_shard
-from tests.support.client import grant, keyed_client, upload
+from tests.support.client import client_of, upload
 
 LINE = orjson.dumps(
     {
@@ -34,10 +34,6 @@ LINE = orjson.dumps(
 )
 MISSING_JOB = "batch_" + "f" * 32
 MISSING_FILE = "file-" + "f" * 24
-
-
-def client_of(app: Flask, tenant: str, role: Role = Role.SUBMITTER) -> FlaskClient:
-    return keyed_client(app, grant(app, tenant, role))
 
 
 def run_job(svc: Services, job_id: str) -> None:

@@ -23,7 +23,7 @@ from batchsvc.auth import Role
 from batchsvc.jobs import JobStatus
 from batchsvc.prepare import prepare_job
 from batchsvc.services import Services
-from tests.support.client import error_of, grant, keyed_client, upload
+from tests.support.client import client_of, error_of, grant, upload
 from tests.support.http import LoopbackHTTPServer
 
 
@@ -41,10 +41,6 @@ def lines(n: int, **body: Any) -> bytes:
         + b"\n"
         for i in range(n)
     )
-
-
-def client_of(app: Flask, tenant: str = "default", role: Role = Role.SUBMITTER) -> FlaskClient:
-    return keyed_client(app, grant(app, tenant, role))
 
 
 def stored_keys(app: Flask) -> list[str]:

@@ -63,6 +63,11 @@ def grant(app: Flask, tenant: str = "default", role: Role = Role.SUBMITTER) -> s
     return key
 
 
+def client_of(app: Flask, tenant: str = "default", role: Role = Role.SUBMITTER) -> FlaskClient:
+    """A test client of `app` calling as a new key of `tenant` with `role`."""
+    return keyed_client(app, grant(app, tenant, role))
+
+
 def authorize(app: Flask, tenant: str = "default", role: Role = Role.SUBMITTER) -> str:
     """Make `app.test_client()` call as a new key of `tenant` with `role`; returns the key."""
     key = grant(app, tenant, role)
