@@ -10,13 +10,15 @@ from functools import cached_property
 
 import redis
 
-from batchsvc.auth import KeyStore
-from batchsvc.files import FileStore
-from batchsvc.jobs import JobStore
-from batchsvc.models import ModelCatalog
+from batchsvc.inference.models import ModelCatalog
 from batchsvc.settings import Settings, get_settings
-from batchsvc.storage import LocalStorage, S3Storage, Storage
-from batchsvc.tenants import TenantStore
+from batchsvc.storage.base import Storage
+from batchsvc.storage.local import LocalStorage
+from batchsvc.storage.s3 import S3Storage
+from batchsvc.store.files import FileStore
+from batchsvc.store.jobs import JobStore
+from batchsvc.store.keys import KeyStore
+from batchsvc.store.tenants import TenantStore
 
 
 def signing_key(settings: Settings) -> bytes:

@@ -96,7 +96,7 @@ class Settings:
     fetch_timeout_s: float = 30.0
     # Comma-separated hosts or CIDRs that input_file_url and webhook_url may reach although they
     # are not public (the local MinIO, a demo or test receiver: "127.0.0.1, minio, 10.8.0.0/16").
-    # Everything else must resolve to public addresses only (batchsvc/netguard.py). Empty by default.
+    # Everything else must resolve to public addresses only (batchsvc/outbound/netguard.py). Empty by default.
     outbound_allowlist: str = ""
 
     # --- Execution ---

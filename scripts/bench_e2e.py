@@ -32,9 +32,9 @@ WARMUP = 64
 
 def direct(count: int) -> dict:
     """Runs in a child process: vLLM must own its process, as on a worker."""
-    from batchsvc.engine import VLLMEngine
-    from batchsvc.models import ModelCatalog
-    from batchsvc.sampling import engine_options
+    from batchsvc.inference.engine import VLLMEngine
+    from batchsvc.inference.models import ModelCatalog
+    from batchsvc.inference.sampling import engine_options
     from batchsvc.settings import get_settings
     from tests.support.examples import candidate_requests
 

@@ -1,4 +1,4 @@
-"""Move data written before tenants existed to the tenant layout (batchsvc/migrate.py).
+"""Move data written before tenants existed to the tenant layout (batchsvc/pipeline/migrate.py).
 
     .venv/bin/python scripts/migrate_to_tenants.py [--tenant default]
 
@@ -10,10 +10,10 @@ import argparse
 import logging
 import sys
 
-from batchsvc.auth import DEFAULT_TENANT, check_tenant
-from batchsvc.migrate import migrate_to_tenant_layout
+from batchsvc.pipeline.migrate import migrate_to_tenant_layout
 from batchsvc.services import Services
 from batchsvc.settings import get_settings
+from batchsvc.store.keys import DEFAULT_TENANT, check_tenant
 
 
 def main() -> int:

@@ -13,20 +13,21 @@ from datetime import timedelta
 import redis.exceptions
 from celery import Task, chord
 
-from batchsvc import layout, webhooks
-from batchsvc.auth import DEFAULT_TENANT
-from batchsvc.finalize import finalize_job
-from batchsvc.jobs import Job, JobStatus, job_error, job_priority
-from batchsvc.netguard import Allowlist
-from batchsvc.prepare import prepare_job
-from batchsvc.recovery import Redrive, redrive, stalled_jobs
-from batchsvc.retention import expire_job_data
+from batchsvc.outbound import webhooks
+from batchsvc.outbound.netguard import Allowlist
+from batchsvc.pipeline.finalize import finalize_job
+from batchsvc.pipeline.prepare import prepare_job
+from batchsvc.pipeline.recovery import Redrive, redrive, stalled_jobs
+from batchsvc.pipeline.retention import expire_job_data
+from batchsvc.pipeline.shards import give_up_shard, run_shard
+from batchsvc.pipeline.submit import submit_job
 from batchsvc.services import Services, current_services
 from batchsvc.settings import get_settings
-from batchsvc.shards import give_up_shard, run_shard
-from batchsvc.storage import StorageUnavailable
-from batchsvc.submit import submit_job
-from batchsvc.tenants import webhook_secrets
+from batchsvc.storage import layout
+from batchsvc.storage.base import StorageUnavailable
+from batchsvc.store.jobs import Job, JobStatus, job_error, job_priority
+from batchsvc.store.keys import DEFAULT_TENANT
+from batchsvc.store.tenants import webhook_secrets
 from tasks.celery_app import (
     FINALIZE,
     PREPARE,

@@ -10,7 +10,7 @@ import os
 
 from celery import signals
 
-from batchsvc.engine import get_engine
+from batchsvc.inference.engine import get_engine
 from batchsvc.services import current_services
 from batchsvc.settings import get_settings
 from batchsvc.telemetry import init_sentry

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from batchsvc.jobs import JobStore
 from batchsvc.services import Services
 from batchsvc.settings import PROJECT_ROOT, Settings, load_settings
+from batchsvc.store.jobs import JobStore
 
 REDIS_BASE = os.environ.get("BATCHSVC_TEST_REDIS", "redis://127.0.0.1:6379")
 TEST_MODELS_FILE = PROJECT_ROOT / "tests" / "models.yaml"

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from batchsvc.auth import Role, check_tenant
 from batchsvc.errors import ErrorType, ServiceError
 from batchsvc.services import Services
-from batchsvc.tenants import check_cidrs
+from batchsvc.store.keys import Role, check_tenant
+from batchsvc.store.tenants import check_cidrs
 from web.audit import audited
 from web.auth import requires
 from web.schemas import CreateKeySchema, RotateSecretSchema, TenantPolicySchema

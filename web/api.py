@@ -9,16 +9,17 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
 
-from batchsvc import progress
-from batchsvc.auth import Role, check_tenant
 from batchsvc.errors import ErrorType, JobNotFound, ServiceError
-from batchsvc.jobs import Job, JobStatus, is_job_id, job_priority
-from batchsvc.lifecycle import cancel_job
-from batchsvc.partial import finished_lines
-from batchsvc.recovery import failed_requests_file, plan_redrive, rebuild_job
+from batchsvc.pipeline import progress
+from batchsvc.pipeline.lifecycle import cancel_job
+from batchsvc.pipeline.partial import finished_lines
+from batchsvc.pipeline.recovery import failed_requests_file, plan_redrive, rebuild_job
+from batchsvc.pipeline.submit import submit_job
 from batchsvc.services import Services
-from batchsvc.storage import InvalidDownloadToken, LocalStorage, ObjectNotFound
-from batchsvc.submit import submit_job
+from batchsvc.storage.base import InvalidDownloadToken, ObjectNotFound
+from batchsvc.storage.local import LocalStorage
+from batchsvc.store.jobs import Job, JobStatus, is_job_id, job_priority
+from batchsvc.store.keys import Role, check_tenant
 from tasks.celery_app import PREPARE, REDRIVE, celery_priority
 from web.audit import audited
 from web.auth import current_key, requires, visible_job, visible_tenant

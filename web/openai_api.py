@@ -11,14 +11,14 @@ from typing import Any, TypeVar
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from batchsvc.auth import Role
 from batchsvc.errors import ErrorType, JobNotFound, ServiceError
-from batchsvc.files import FileNotFound, FileRecord
-from batchsvc.jobs import Job, JobStatus
-from batchsvc.lifecycle import cancel_job
+from batchsvc.pipeline.lifecycle import cancel_job
+from batchsvc.pipeline.submit import model_of_first_line, store_upload, submit_job
 from batchsvc.services import Services
-from batchsvc.storage import ObjectNotFound, content_disposition
-from batchsvc.submit import model_of_first_line, store_upload, submit_job
+from batchsvc.storage.base import ObjectNotFound, content_disposition
+from batchsvc.store.files import FileNotFound, FileRecord
+from batchsvc.store.jobs import Job, JobStatus
+from batchsvc.store.keys import Role
 from web.api import enqueue_prepare
 from web.audit import audited
 from web.auth import current_key, requires, visible_file, visible_job, visible_tenant

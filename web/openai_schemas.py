@@ -11,14 +11,14 @@ from typing import Any
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates
 from werkzeug.datastructures import FileStorage
 
-from batchsvc.validation import DEFAULT_SUPPORTED_URLS
+from batchsvc.inference.validation import DEFAULT_SUPPORTED_URLS
 from web.schemas import PageSchema
 
 # The only purpose a client may upload; "batch_output" files are made by finalize.
 UPLOAD_PURPOSE = "batch"
 FILE_PURPOSES = ("batch", "batch_output")
 BATCH_ENDPOINTS = tuple(sorted(DEFAULT_SUPPORTED_URLS))
-_WINDOW = r"^[1-9][0-9]*[smhd]$"  # what batchsvc.submit.window_seconds reads
+_WINDOW = r"^[1-9][0-9]*[smhd]$"  # what batchsvc.pipeline.submit.window_seconds reads
 
 
 class _Upload(fields.Field):

@@ -21,7 +21,7 @@ class SubmitBatchSchema(Schema):
         unknown = RAISE
 
     model = fields.String(required=True, validate=validate.Length(min=1, max=200))
-    # Scheme, host and address are checked by batchsvc/netguard.py at submit, which
+    # Scheme, host and address are checked by batchsvc/outbound/netguard.py at submit, which
     # names the rule a URL breaks (marshmallow's URL check would only say "not valid").
     input_file_url = fields.String(validate=validate.Length(min=1, max=2048))
     webhook_url = fields.String(validate=validate.Length(min=1, max=2048))

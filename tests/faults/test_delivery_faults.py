@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from batchsvc import layout
+from batchsvc.storage import layout
 from tasks.celery_app import FINALIZE, create_celery
 from tests.support.invariants import (
     Watch,

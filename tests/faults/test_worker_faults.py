@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from batchsvc.engine import EngineRequest, EngineResult, InstantEngine
-from batchsvc.finalize import finalize_job
-from batchsvc.jobs import JobStatus
-from batchsvc.models import ModelSpec
-from batchsvc.prepare import prepare_job
-from batchsvc.shards import run_shard
+from batchsvc.inference.engine import EngineRequest, EngineResult, InstantEngine
+from batchsvc.inference.models import ModelSpec
+from batchsvc.pipeline.finalize import finalize_job
+from batchsvc.pipeline.prepare import prepare_job
+from batchsvc.pipeline.shards import run_shard
+from batchsvc.store.jobs import JobStatus
 from tasks.celery_app import SHARD, create_celery, llm_queue
 from tests.support.broker import QueuedMessage, deliver_again, queued, redeliverable
 from tests.support.invariants import (

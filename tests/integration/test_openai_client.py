@@ -12,7 +12,7 @@ import pytest
 from openai.types import Batch
 from openai.types.chat import ChatCompletion
 
-from batchsvc import layout
+from batchsvc.storage import layout
 from tests.support.examples import write_candidates
 from tests.support.invariants import assert_each_request_once, lines_of
 from tests.support.stack import Stack, wait_until

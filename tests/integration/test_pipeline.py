@@ -11,8 +11,8 @@ import jsonschema
 import orjson
 import pytest
 
-from batchsvc import layout
-from batchsvc.webhooks import WebhookVerificationError, verify
+from batchsvc.outbound.webhooks import WebhookVerificationError, verify
+from batchsvc.storage import layout
 from tests.conftest import TEST_WEBHOOK_SECRET
 from tests.support.client import grant, keyed_client, upload
 from tests.support.examples import score_schema, write_candidates

@@ -12,7 +12,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from batchsvc.auth import BOOTSTRAP_KEY_ID, Role
+from batchsvc.store.keys import BOOTSTRAP_KEY_ID, Role
 from tests.support.client import error_of, grant, upload
 
 LINE = orjson.dumps(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from batchsvc.storage import S3Storage
+from batchsvc.storage.s3 import S3Storage
 from tests.support.moto_server import MotoServer
 
 MiB = 1024 * 1024

@@ -14,14 +14,14 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from batchsvc import layout
-from batchsvc.auth import Role
-from batchsvc.finalize import finalize_job
-from batchsvc.jobs import JobStatus
-from batchsvc.prepare import prepare_job
+from batchsvc.pipeline.finalize import finalize_job
+from batchsvc.pipeline.prepare import prepare_job
+from batchsvc.pipeline.shards import run_shard
 from batchsvc.services import Services
 from batchsvc.settings import Settings
-from batchsvc.shards import run_shard
+from batchsvc.storage import layout
+from batchsvc.store.jobs import JobStatus
+from batchsvc.store.keys import Role
 from tests.support.client import client_of, upload
 
 LINE = orjson.dumps(

@@ -8,13 +8,13 @@ from typing import Any
 import orjson
 from flask import Flask
 
-from batchsvc import layout
-from batchsvc.finalize import finalize_job
-from batchsvc.jobs import JobStatus
-from batchsvc.prepare import prepare_job
-from batchsvc.retention import expire_job_data
+from batchsvc.pipeline.finalize import finalize_job
+from batchsvc.pipeline.prepare import prepare_job
+from batchsvc.pipeline.retention import expire_job_data
+from batchsvc.pipeline.shards import run_shard
 from batchsvc.services import Services
-from batchsvc.shards import run_shard
+from batchsvc.storage import layout
+from batchsvc.store.jobs import JobStatus
 from tests.support.client import error_of, upload
 
 LINE = orjson.dumps(

@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 
-from batchsvc import netguard
-from batchsvc.fetch import FetchError, fetch_to_storage
-from batchsvc.netguard import Allowlist, BlockedURL, OutboundError, ResponseTooLarge
-from batchsvc.storage import LocalStorage
-from batchsvc.webhooks import WebhookBlocked, WebhookError, deliver
+from batchsvc.outbound import netguard
+from batchsvc.outbound.fetch import FetchError, fetch_to_storage
+from batchsvc.outbound.netguard import Allowlist, BlockedURL, OutboundError, ResponseTooLarge
+from batchsvc.outbound.webhooks import WebhookBlocked, WebhookError, deliver
+from batchsvc.storage.local import LocalStorage
 
 LOOPBACK = Allowlist.parse("127.0.0.1")
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"

@@ -18,13 +18,13 @@ from typing import Any
 
 import pytest
 
-from batchsvc import webhooks
-from batchsvc.auth import Role
-from batchsvc.netguard import Allowlist
+from batchsvc.outbound import webhooks
+from batchsvc.outbound.netguard import Allowlist
+from batchsvc.outbound.webhooks import WebhookError, WebhookVerificationError, sign, signature_header, verify
 from batchsvc.services import Services
 from batchsvc.settings import PROJECT_ROOT, load_settings
-from batchsvc.tenants import TenantPolicy, webhook_secrets
-from batchsvc.webhooks import WebhookError, WebhookVerificationError, sign, signature_header, verify
+from batchsvc.store.keys import Role
+from batchsvc.store.tenants import TenantPolicy, webhook_secrets
 from tests.conftest import TEST_WEBHOOK_SECRET
 from tests.support.http import LoopbackHTTPServer, Received
 
@@ -143,7 +143,7 @@ def test_during_rotation_either_secret_verifies(receiver: LoopbackHTTPServer) ->
 
 
 class SteppingClock:
-    """Stands in for the `time` module inside batchsvc.webhooks: `time()` returns the given values in turn."""
+    """Stands in for the `time` module inside batchsvc.outbound.webhooks: `time()` returns the given values in turn."""
 
     def __init__(self, *stamps: float) -> None:
         self._stamps = iter(stamps)
@@ -185,7 +185,7 @@ def fresh_warning() -> Iterator[None]:
 def test_without_secrets_webhooks_go_unsigned_with_one_warning(
     receiver: LoopbackHTTPServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="batchsvc.webhooks")
+    caplog.set_level(logging.WARNING, logger="batchsvc.outbound.webhooks")
     posts = [deliver(receiver, []), deliver(receiver, ())]
     for post in posts:
         assert "webhook-signature" not in {name.lower() for name in post.headers}

@@ -11,7 +11,7 @@ from flask.testing import FlaskClient
 from werkzeug.datastructures import FileStorage
 from werkzeug.test import TestResponse, encode_multipart
 
-from batchsvc.auth import Role
+from batchsvc.store.keys import Role
 
 
 def upload(client: FlaskClient, data: bytes, model: str, **fields: Any) -> TestResponse:

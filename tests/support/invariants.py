@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from batchsvc.engine import InstantEngine
+from batchsvc.inference.engine import InstantEngine
 from tests.support.client import upload
 from tests.support.http import Received
 from tests.support.stack import Stack, wait_until

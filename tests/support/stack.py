@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from batchsvc.settings import PROJECT_ROOT, Settings
-from batchsvc.storage import Storage
+from batchsvc.storage.base import Storage
 from tasks.celery_app import create_celery
 from tests.support.client import authorize
 from tests.support.moto_server import free_port

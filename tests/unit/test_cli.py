@@ -18,14 +18,14 @@ from click.testing import CliRunner, Result
 from flask import Flask, request
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from batchsvc.auth import Role
-from batchsvc.cli import main, progress_line
-from batchsvc.finalize import finalize_job
-from batchsvc.jobs import JobStatus
-from batchsvc.prepare import prepare_job
+from batchsvc.client.cli import main, progress_line
+from batchsvc.pipeline.finalize import finalize_job
+from batchsvc.pipeline.prepare import prepare_job
+from batchsvc.pipeline.shards import run_shard
 from batchsvc.services import Services
 from batchsvc.settings import Settings
-from batchsvc.shards import run_shard
+from batchsvc.store.jobs import JobStatus
+from batchsvc.store.keys import Role
 from tasks.celery_app import queue_keys
 from tests.conftest import make_settings
 from tests.support.client import grant

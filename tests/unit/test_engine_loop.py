@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from vllm.exceptions import VLLMValidationError
 
-from batchsvc.engine import EngineRequest, VLLMEngine
-from batchsvc.models import ModelSpec
+from batchsvc.inference.engine import EngineRequest, VLLMEngine
+from batchsvc.inference.models import ModelSpec
 
 
 class StandInCore:
@@ -109,7 +109,7 @@ def test_stopping_early_aborts_what_the_engine_still_holds() -> None:
 
 @pytest.mark.parametrize("attempts", [1, 2])
 def test_the_attempt_count_is_recorded_in_the_output_line_only_when_it_ran_again(attempts: int) -> None:
-    from batchsvc import outputs
+    from batchsvc.inference import outputs
 
     line = outputs.success_line("batch_x", "a", {"object": "chat.completion"}, attempts)
     assert line.get("attempts") == (attempts if attempts > 1 else None)

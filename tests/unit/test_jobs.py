@@ -1,4 +1,4 @@
-"""The Redis job store (batchsvc.jobs) against a real Redis database."""
+"""The Redis job store (batchsvc.store.jobs) against a real Redis database."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import re
 import pytest
 
 from batchsvc.errors import JobNotFound
-from batchsvc.jobs import Counts, Job, JobStatus, JobStore, new_job_id
 from batchsvc.services import Services
+from batchsvc.store.jobs import Counts, Job, JobStatus, JobStore, new_job_id
 
 T0 = 1_700_000_000.25
 

@@ -11,13 +11,13 @@ import orjson
 from flask import Flask
 from flask.testing import FlaskClient
 
-from batchsvc.finalize import finalize_job
-from batchsvc.jobs import JobStatus
-from batchsvc.migrate import migrate_to_tenant_layout
-from batchsvc.prepare import prepare_job
-from batchsvc.retention import expire_job_data
+from batchsvc.pipeline.finalize import finalize_job
+from batchsvc.pipeline.migrate import migrate_to_tenant_layout
+from batchsvc.pipeline.prepare import prepare_job
+from batchsvc.pipeline.retention import expire_job_data
+from batchsvc.pipeline.shards import run_shard
 from batchsvc.services import Services
-from batchsvc.shards import run_shard
+from batchsvc.store.jobs import JobStatus
 from tests.support.client import upload
 
 LINE = orjson.dumps(

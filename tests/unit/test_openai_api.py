@@ -21,13 +21,13 @@ from flask.testing import FlaskClient
 from werkzeug.datastructures import FileStorage
 from werkzeug.test import TestResponse, encode_multipart
 
-from batchsvc import layout
-from batchsvc.finalize import finalize_job
-from batchsvc.jobs import Job, JobStatus, new_job_id
-from batchsvc.prepare import prepare_job
+from batchsvc.pipeline.finalize import finalize_job
+from batchsvc.pipeline.prepare import prepare_job
+from batchsvc.pipeline.shards import run_shard
 from batchsvc.services import Services
 from batchsvc.settings import Settings
-from batchsvc.shards import run_shard
+from batchsvc.storage import layout
+from batchsvc.store.jobs import Job, JobStatus, new_job_id
 from tasks.celery_app import PREPARE, celery_priority, queue_keys
 from tests.support.client import error_of, grant
 from tests.support.client import upload as seed_upload

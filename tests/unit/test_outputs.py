@@ -1,4 +1,4 @@
-"""The OpenAI batch output line shape (batchsvc.outputs), checked against the official openai types."""
+"""The OpenAI batch output line shape (batchsvc.inference.outputs), checked against the official openai types."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from openai.types import Completion
 from openai.types.chat import ChatCompletion
 from openai.types.shared import ErrorObject
 
-from batchsvc.outputs import (
+from batchsvc.inference.outputs import (
     CHAT_URL,
     COMPLETIONS_URL,
     Choice,

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import orjson
 
-from batchsvc import layout, outputs
-from batchsvc.manifest import Manifest, ShardInfo, ShardSummary
-from batchsvc.partial import finished_lines
-from batchsvc.storage import LocalStorage
+from batchsvc.inference import outputs
+from batchsvc.pipeline.partial import finished_lines
+from batchsvc.storage import layout
+from batchsvc.storage.local import LocalStorage
+from batchsvc.storage.manifest import Manifest, ShardInfo, ShardSummary
 
 JOB = "batch_" + "ab" * 16
 

@@ -12,17 +12,18 @@ from typing import Any
 import orjson
 import pytest
 
-from batchsvc import layout, outputs
-from batchsvc.engine import EngineRequest, EngineResult, InstantEngine
-from batchsvc.finalize import finalize_job
-from batchsvc.jobs import Counts, Job, JobStatus, new_job_id
-from batchsvc.manifest import Manifest, ShardInfo, ShardSummary
-from batchsvc.models import ModelSpec
-from batchsvc.prepare import prepare_job
+from batchsvc.inference import outputs
+from batchsvc.inference.engine import EngineRequest, EngineResult, InstantEngine
+from batchsvc.inference.models import ModelSpec
+from batchsvc.pipeline.finalize import finalize_job
+from batchsvc.pipeline.prepare import prepare_job
+from batchsvc.pipeline.shards import give_up_shard, run_shard
 from batchsvc.services import Services
 from batchsvc.settings import Settings
-from batchsvc.shards import give_up_shard, run_shard
-from batchsvc.storage import ObjectNotFound
+from batchsvc.storage import layout
+from batchsvc.storage.base import ObjectNotFound
+from batchsvc.storage.manifest import Manifest, ShardInfo, ShardSummary
+from batchsvc.store.jobs import Counts, Job, JobStatus, new_job_id
 from tests.conftest import make_settings
 
 MODEL = "instant-test"
@@ -423,7 +424,7 @@ def test_a_duplicate_run_that_finishes_second_yields_to_the_first(services: Serv
     """Two runs of one shard at once (a duplicate delivery): the summary is a
     conditional create, so the first to finish is the shard's, and the second
     drops its own output instead of leaving a second copy."""
-    from batchsvc.shards import ShardRun
+    from batchsvc.pipeline.shards import ShardRun
 
     job_id, _ = prepared(services, [request_line(c) for c in ids(3)])
     spec = services.models.get(MODEL)

@@ -1,11 +1,11 @@
-"""Progress, throughput and ETA arithmetic (batchsvc.progress)."""
+"""Progress, throughput and ETA arithmetic (batchsvc.pipeline.progress)."""
 
 from __future__ import annotations
 
 import pytest
 
-from batchsvc.jobs import Counts
-from batchsvc.progress import Throughput, estimate_completion, percent, throughput
+from batchsvc.pipeline.progress import Throughput, estimate_completion, percent, throughput
+from batchsvc.store.jobs import Counts
 
 T0 = 1_700_000_000.0
 UNKNOWN = Throughput(None, None, None)

@@ -10,15 +10,15 @@ from pathlib import Path
 import orjson
 import pytest
 
-from batchsvc import layout
-from batchsvc.finalize import finalize_job
-from batchsvc.jobs import JobStatus
-from batchsvc.prepare import prepare_job
-from batchsvc.recovery import plan_redrive, rebuild_job, redrive, stalled_jobs
+from batchsvc.pipeline.finalize import finalize_job
+from batchsvc.pipeline.prepare import prepare_job
+from batchsvc.pipeline.recovery import plan_redrive, rebuild_job, redrive, stalled_jobs
+from batchsvc.pipeline.shards import run_shard
+from batchsvc.pipeline.submit import submit_job
 from batchsvc.services import Services
 from batchsvc.settings import Settings
-from batchsvc.shards import run_shard
-from batchsvc.submit import submit_job
+from batchsvc.storage import layout
+from batchsvc.store.jobs import JobStatus
 from tests.conftest import make_settings
 
 

@@ -1,4 +1,4 @@
-"""The request body -> engine options mapping (batchsvc.sampling), and that vLLM accepts what it produces."""
+"""The request body -> engine options mapping (batchsvc.inference.sampling), and that vLLM accepts what it produces."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from batchsvc.models import ModelSpec, load_models
-from batchsvc.sampling import engine_options
-from batchsvc.validation import validate_body
+from batchsvc.inference.models import ModelSpec, load_models
+from batchsvc.inference.sampling import engine_options
+from batchsvc.inference.validation import validate_body
 from tests.conftest import TEST_MODELS_FILE
 
 SCHEMA = {

@@ -17,15 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from batchsvc.storage import (
-    DEFAULT_PART_SIZE,
-    InvalidDownloadToken,
-    LocalStorage,
-    ObjectNotFound,
-    S3Storage,
-    Storage,
-    StorageUnavailable,
-)
+from batchsvc.storage.base import DEFAULT_PART_SIZE, InvalidDownloadToken, ObjectNotFound, Storage, StorageUnavailable
+from batchsvc.storage.local import LocalStorage
+from batchsvc.storage.s3 import S3Storage
 from tests.support.moto_server import MotoServer, free_port
 
 if TYPE_CHECKING:

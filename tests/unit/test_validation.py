@@ -1,4 +1,4 @@
-"""Unit tests for batchsvc.validation: one test per kind of bad input."""
+"""Unit tests for batchsvc.inference.validation: one test per kind of bad input."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
-from batchsvc.validation import (
+from batchsvc.inference.validation import (
     BatchRequest,
     BatchValidator,
     LineError,

@@ -15,14 +15,14 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from batchsvc import layout
-from batchsvc.auth import Role
-from batchsvc.finalize import finalize_job
-from batchsvc.jobs import Counts, Job, JobStatus, new_job_id
-from batchsvc.prepare import prepare_job
+from batchsvc.pipeline.finalize import finalize_job
+from batchsvc.pipeline.prepare import prepare_job
+from batchsvc.pipeline.shards import run_shard
 from batchsvc.services import Services
 from batchsvc.settings import Settings
-from batchsvc.shards import run_shard
+from batchsvc.storage import layout
+from batchsvc.store.jobs import Counts, Job, JobStatus, new_job_id
+from batchsvc.store.keys import Role
 from tasks.celery_app import PREPARE, queue_keys
 from tests.support.client import error_of, grant
 from tests.support.client import upload as post_upload
@@ -514,7 +514,7 @@ def test_urls_the_ssrf_guard_refuses_are_422_at_submit(make_app: Any, services: 
 
 
 def test_retrying_only_the_failed_requests_makes_a_job_of_just_those(app: Flask, client: FlaskClient) -> None:
-    from batchsvc.shards import give_up_shard
+    from batchsvc.pipeline.shards import give_up_shard
 
     svc: Services = app.extensions["batchsvc"]
     data = jsonl(["a", "b", "c"])

@@ -8,9 +8,9 @@ from __future__ import annotations
 import logging
 import time
 
-from batchsvc import layout
-from batchsvc.files import FileNotFound
 from batchsvc.services import Services
+from batchsvc.storage import layout
+from batchsvc.store.files import FileNotFound
 
 log = logging.getLogger(__name__)
 

@@ -12,11 +12,12 @@ from collections.abc import Iterator
 
 import orjson
 
-from batchsvc import layout, outputs
-from batchsvc.layout import JobRef
-from batchsvc.manifest import Manifest, ShardSummary
-from batchsvc.shards import iter_lines
-from batchsvc.storage import ObjectNotFound, Storage
+from batchsvc.inference import outputs
+from batchsvc.pipeline.shards import iter_lines
+from batchsvc.storage import layout
+from batchsvc.storage.base import ObjectNotFound, Storage
+from batchsvc.storage.layout import JobRef
+from batchsvc.storage.manifest import Manifest, ShardSummary
 
 
 def _shard_lines(storage: Storage, job: JobRef, index: int) -> Iterator[bytes]:

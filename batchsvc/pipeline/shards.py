@@ -20,14 +20,15 @@ from collections.abc import Callable, Iterator
 
 import orjson
 
-from batchsvc import layout, outputs
-from batchsvc.engine import Engine, EngineRequest, EngineResult, get_engine
-from batchsvc.jobs import Counts, Job
-from batchsvc.lifecycle import StopReason, stop_reason
-from batchsvc.manifest import ShardSummary
-from batchsvc.models import ModelSpec
+from batchsvc.inference import outputs
+from batchsvc.inference.engine import Engine, EngineRequest, EngineResult, get_engine
+from batchsvc.inference.models import ModelSpec
+from batchsvc.pipeline.lifecycle import StopReason, stop_reason
 from batchsvc.services import Services
-from batchsvc.storage import ObjectNotFound, Storage
+from batchsvc.storage import layout
+from batchsvc.storage.base import ObjectNotFound, Storage
+from batchsvc.storage.manifest import ShardSummary
+from batchsvc.store.jobs import Counts, Job
 
 log = logging.getLogger(__name__)
 

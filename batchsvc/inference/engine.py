@@ -20,9 +20,9 @@ from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from batchsvc.models import ModelSpec
-from batchsvc.outputs import CHAT_URL, Choice, RequestFailure, TokenLogprob
-from batchsvc.sampling import EngineOptions, engine_options
+from batchsvc.inference.models import ModelSpec
+from batchsvc.inference.outputs import CHAT_URL, Choice, RequestFailure, TokenLogprob
+from batchsvc.inference.sampling import EngineOptions, engine_options
 
 log = logging.getLogger(__name__)
 

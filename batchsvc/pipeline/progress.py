@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from batchsvc.jobs import Counts
+from batchsvc.store.jobs import Counts
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,9 @@ from typing import Any
 
 import orjson
 
-from batchsvc import __version__, netguard
-from batchsvc.netguard import Allowlist
+from batchsvc import __version__
+from batchsvc.outbound import netguard
+from batchsvc.outbound.netguard import Allowlist
 
 log = logging.getLogger(__name__)
 

@@ -16,12 +16,12 @@ from typing import BinaryIO
 
 import orjson
 
-from batchsvc import layout
 from batchsvc.errors import ErrorType, JobNotFound, ServiceError
-from batchsvc.jobs import Counts, Job, JobStatus
-from batchsvc.manifest import Manifest, ShardSummary
 from batchsvc.services import Services
-from batchsvc.storage import ObjectNotFound
+from batchsvc.storage import layout
+from batchsvc.storage.base import ObjectNotFound
+from batchsvc.storage.manifest import Manifest, ShardSummary
+from batchsvc.store.jobs import Counts, Job, JobStatus
 
 
 @dataclass(frozen=True)

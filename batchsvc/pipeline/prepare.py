@@ -9,16 +9,16 @@ import time
 from pathlib import Path
 from typing import BinaryIO
 
-from batchsvc import layout
 from batchsvc.errors import ServiceError
-from batchsvc.fetch import FetchError, fetch_to_storage
-from batchsvc.jobs import Job, JobStatus, job_error
-from batchsvc.manifest import Manifest, ShardInfo
-from batchsvc.netguard import Allowlist
+from batchsvc.inference.validation import DEFAULT_SUPPORTED_URLS, BatchRequest, BatchValidator
+from batchsvc.outbound.fetch import FetchError, fetch_to_storage
+from batchsvc.outbound.netguard import Allowlist
 from batchsvc.services import Services
-from batchsvc.storage import ObjectNotFound, Storage
-from batchsvc.tenants import check_queued_requests
-from batchsvc.validation import DEFAULT_SUPPORTED_URLS, BatchRequest, BatchValidator
+from batchsvc.storage import layout
+from batchsvc.storage.base import ObjectNotFound, Storage
+from batchsvc.storage.manifest import Manifest, ShardInfo
+from batchsvc.store.jobs import Job, JobStatus, job_error
+from batchsvc.store.tenants import check_queued_requests
 
 log = logging.getLogger(__name__)
 

@@ -8,16 +8,16 @@ from typing import IO, Any
 
 import orjson
 
-from batchsvc import layout
 from batchsvc.errors import ErrorType, ServiceError
-from batchsvc.files import FileRecord, new_file_id
-from batchsvc.jobs import ActiveLimitReached, Counts, Job, job_error, new_job_id
-from batchsvc.netguard import Allowlist, BlockedURL, OutboundError, vet
-from batchsvc.progress import estimate_completion
-from batchsvc.recovery import save_job_record
+from batchsvc.outbound.netguard import Allowlist, BlockedURL, OutboundError, vet
+from batchsvc.pipeline.progress import estimate_completion
+from batchsvc.pipeline.recovery import save_job_record
 from batchsvc.services import Services
-from batchsvc.storage import ObjectNotFound
-from batchsvc.tenants import active_jobs_error, check_quota, max_active_jobs
+from batchsvc.storage import layout
+from batchsvc.storage.base import ObjectNotFound
+from batchsvc.store.files import FileRecord, new_file_id
+from batchsvc.store.jobs import ActiveLimitReached, Counts, Job, job_error, new_job_id
+from batchsvc.store.tenants import active_jobs_error, check_quota, max_active_jobs
 
 
 class CappedReader:
@@ -73,7 +73,7 @@ def window_seconds(window: str) -> int:
 
 def _refuse_blocked_urls(svc: Services, **urls: str | None) -> None:
     """Refuse at submit what the fetch or the webhook would refuse later (SSRF
-    rules in batchsvc/netguard.py). A host that does not resolve now is left
+    rules in batchsvc/outbound/netguard.py). A host that does not resolve now is left
     for later: it may be a network blip."""
     allow = Allowlist.parse(svc.settings.outbound_allowlist)
     for field, url in urls.items():

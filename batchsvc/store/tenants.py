@@ -19,10 +19,10 @@ from typing import Any
 import orjson
 import redis
 
-from batchsvc import webhooks
 from batchsvc.errors import ErrorType, ServiceError
-from batchsvc.jobs import Job, JobStore
+from batchsvc.outbound import webhooks
 from batchsvc.settings import Settings
+from batchsvc.store.jobs import Job, JobStore
 
 QUOTA_RETRY_AFTER_S = 60  # a quota frees up when a job ends: ask to come back in a minute
 

@@ -9,8 +9,8 @@ from dataclasses import asdict, dataclass
 
 import orjson
 
-from batchsvc import layout
-from batchsvc.storage import Storage
+from batchsvc.storage import layout
+from batchsvc.storage.base import Storage
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from batchsvc.models import ModelSpec
+from batchsvc.inference.models import ModelSpec
 
 # OpenAI body field -> SamplingParams keyword, copied through unchanged.
 _PASS_THROUGH = {

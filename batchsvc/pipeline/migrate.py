@@ -18,12 +18,12 @@ from typing import Any
 
 import orjson
 
-from batchsvc import layout
-from batchsvc.files import FileRecord
-from batchsvc.jobs import Job
-from batchsvc.recovery import save_job_record
+from batchsvc.pipeline.recovery import save_job_record
 from batchsvc.services import Services
-from batchsvc.storage import Storage
+from batchsvc.storage import layout
+from batchsvc.storage.base import Storage
+from batchsvc.store.files import FileRecord
+from batchsvc.store.jobs import Job
 
 log = logging.getLogger(__name__)
 

@@ -12,15 +12,16 @@ from typing import Any
 
 import orjson
 
-from batchsvc import layout, outputs
-from batchsvc.files import FileRecord, derived_file_id
-from batchsvc.jobs import Job, JobStatus
-from batchsvc.lifecycle import EXPIRED_CODE, final_status
-from batchsvc.manifest import Manifest, ShardSummary
-from batchsvc.recovery import save_job_record
+from batchsvc.inference import outputs
+from batchsvc.pipeline.lifecycle import EXPIRED_CODE, final_status
+from batchsvc.pipeline.recovery import save_job_record
+from batchsvc.pipeline.shards import iter_lines
 from batchsvc.services import Services
-from batchsvc.shards import iter_lines
-from batchsvc.storage import Storage
+from batchsvc.storage import layout
+from batchsvc.storage.base import Storage
+from batchsvc.storage.manifest import Manifest, ShardSummary
+from batchsvc.store.files import FileRecord, derived_file_id
+from batchsvc.store.jobs import Job, JobStatus
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import tempfile
 
-from batchsvc import netguard
-from batchsvc.netguard import Allowlist
-from batchsvc.storage import Storage
+from batchsvc.outbound import netguard
+from batchsvc.outbound.netguard import Allowlist
+from batchsvc.storage.base import Storage
 
 _CHUNK = 1024 * 1024
 

@@ -15,7 +15,7 @@ import orjson
 import redis
 
 from batchsvc.errors import ErrorType, ServiceError
-from batchsvc.jobs import newest_first
+from batchsvc.store.jobs import newest_first
 
 
 class FileNotFound(ServiceError):

@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass
 
 from batchsvc.errors import ErrorType, ServiceError
-from batchsvc.jobs import Job, JobStatus
 from batchsvc.services import Services
+from batchsvc.store.jobs import Job, JobStatus
 
 CANCELLED_CODE = "batch_cancelled"
 EXPIRED_CODE = "batch_expired"

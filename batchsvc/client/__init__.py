@@ -1,0 +1,1 @@
+"""The batchsvc command line: an HTTP client of the API."""

@@ -1,0 +1,1 @@
+"""Records in Redis: jobs, files, API keys, tenants."""
