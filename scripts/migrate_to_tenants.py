@@ -10,10 +10,10 @@ import argparse
 import logging
 import sys
 
+from batchsvc.access import DEFAULT_TENANT, check_tenant
 from batchsvc.pipeline.migrate import migrate_to_tenant_layout
 from batchsvc.services import Services
 from batchsvc.settings import get_settings
-from batchsvc.store.keys import DEFAULT_TENANT, check_tenant
 
 
 def main() -> int:

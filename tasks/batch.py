@@ -13,6 +13,7 @@ from datetime import timedelta
 import redis.exceptions
 from celery import Task, chord
 
+from batchsvc.access import DEFAULT_TENANT
 from batchsvc.outbound import webhooks
 from batchsvc.outbound.netguard import Allowlist
 from batchsvc.pipeline.finalize import finalize_job
@@ -26,7 +27,6 @@ from batchsvc.settings import get_settings
 from batchsvc.storage import layout
 from batchsvc.storage.base import StorageUnavailable
 from batchsvc.store.jobs import Job, JobStatus, job_error, job_priority
-from batchsvc.store.keys import DEFAULT_TENANT
 from batchsvc.store.tenants import webhook_secrets
 from tasks.celery_app import (
     FINALIZE,
@@ -112,7 +112,7 @@ def prepare(self: Task, job_id: str) -> int:
     max_retries=None,
     soft_time_limit=get_settings().shard_soft_time_limit_s,
 )
-def shard(self: Task, job_id: str, index: int, tenant: str = "default") -> dict:
+def shard(self: Task, job_id: str, index: int, tenant: str = DEFAULT_TENANT) -> dict:
     """`tenant` rides in the message so that a refund can be written to storage
     (under the tenant's prefix) while Redis, which knows the job, is down."""
     svc = current_services()

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
+from batchsvc.access import Role, check_tenant
 from batchsvc.errors import ErrorType, ServiceError
 from batchsvc.services import Services
-from batchsvc.store.keys import Role, check_tenant
 from batchsvc.store.tenants import check_cidrs
 from web.audit import audited
 from web.auth import requires

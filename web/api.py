@@ -9,6 +9,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
 
+from batchsvc.access import Role, check_tenant
 from batchsvc.errors import ErrorType, JobNotFound, ServiceError
 from batchsvc.pipeline import progress
 from batchsvc.pipeline.lifecycle import cancel_job
@@ -19,7 +20,6 @@ from batchsvc.services import Services
 from batchsvc.storage.base import InvalidDownloadToken, ObjectNotFound
 from batchsvc.storage.local import LocalStorage
 from batchsvc.store.jobs import Job, JobStatus, is_job_id, job_priority
-from batchsvc.store.keys import Role, check_tenant
 from tasks.celery_app import PREPARE, REDRIVE, celery_priority
 from web.audit import audited
 from web.auth import current_key, requires, visible_job, visible_tenant

@@ -16,11 +16,12 @@ from typing import Any
 from flask import Flask, Response, current_app, g, request
 from flask_limiter import Limiter
 
+from batchsvc.access import Role
 from batchsvc.errors import ErrorType, JobNotFound, ServiceError
 from batchsvc.services import Services
 from batchsvc.store.files import FileNotFound, FileRecord
 from batchsvc.store.jobs import Job
-from batchsvc.store.keys import ApiKey, Role
+from batchsvc.store.keys import ApiKey
 from web import audit
 
 # Endpoints anyone may call: liveness and readiness, and the signed download links.

@@ -7,8 +7,8 @@ from flask import Blueprint, Response, current_app, jsonify
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from batchsvc.access import Role
 from batchsvc.services import Services
-from batchsvc.store.keys import Role
 from tasks.celery_app import queue_keys
 from web.auth import requires
 

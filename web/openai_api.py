@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
+from batchsvc.access import Role
 from batchsvc.errors import ErrorType, JobNotFound, ServiceError
 from batchsvc.pipeline.lifecycle import cancel_job
 from batchsvc.pipeline.submit import model_of_first_line, store_upload, submit_job
@@ -18,7 +19,6 @@ from batchsvc.services import Services
 from batchsvc.storage.base import ObjectNotFound, content_disposition
 from batchsvc.store.files import FileNotFound, FileRecord
 from batchsvc.store.jobs import Job, JobStatus
-from batchsvc.store.keys import Role
 from web.api import enqueue_prepare
 from web.audit import audited
 from web.auth import current_key, requires, visible_file, visible_job, visible_tenant

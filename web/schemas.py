@@ -6,6 +6,8 @@ from typing import Any
 
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, pre_load, validate
 
+from batchsvc.access import ROLE_NAMES, TENANT_PATTERN, TENANT_RULE
+
 
 class JobMetadataSchema(Schema):
     class Meta:
@@ -63,7 +65,7 @@ class PageSchema(Schema):
 
 # --- admin ---------------------------------------------------------------------------
 
-_TENANT = validate.Regexp(r"^[a-z0-9][a-z0-9_-]{0,62}$", error="lower-case letters, digits, '-' and '_'")
+_TENANT = validate.Regexp(TENANT_PATTERN, error=TENANT_RULE)
 
 
 class CreateKeySchema(Schema):
@@ -71,7 +73,7 @@ class CreateKeySchema(Schema):
         unknown = RAISE
 
     tenant = fields.String(required=True, validate=_TENANT)
-    role = fields.String(required=True, validate=validate.OneOf(["viewer", "submitter", "admin"]))
+    role = fields.String(required=True, validate=validate.OneOf(ROLE_NAMES))
     name = fields.String(load_default="", validate=validate.Length(max=200))
 
 

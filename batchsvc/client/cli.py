@@ -41,6 +41,8 @@ import click
 import orjson
 import requests
 
+from batchsvc.access import ROLE_NAMES
+
 EXIT_OK, EXIT_FAILED, EXIT_ERROR, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 ENDED = {"completed": EXIT_OK, "failed": EXIT_FAILED, "cancelled": EXIT_STOPPED, "expired": EXIT_STOPPED}
 
@@ -278,7 +280,7 @@ def keys() -> None:
 
 @keys.command("create")
 @click.option("--tenant", required=True)
-@click.option("--role", type=click.Choice(["viewer", "submitter", "admin"]), required=True)
+@click.option("--role", type=click.Choice(ROLE_NAMES), required=True)
 @click.option("--name", default="", help="what the key is for, shown by `keys list`")
 @click.pass_obj
 def keys_create(client: Client, tenant: str, role: str, name: str) -> None:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from batchsvc.inference.models import ModelSpec
+from batchsvc.inference.models import EngineKind, ModelSpec
 from batchsvc.inference.outputs import CHAT_URL, Choice, RequestFailure, TokenLogprob
 from batchsvc.inference.sampling import EngineOptions, engine_options
 
@@ -223,7 +223,10 @@ class InstantEngine:
         pass
 
 
-_ENGINE_KINDS: dict[str, Callable[[ModelSpec], Engine]] = {"vllm": VLLMEngine, "instant": InstantEngine}
+_ENGINE_KINDS: dict[str, Callable[[ModelSpec], Engine]] = {
+    EngineKind.VLLM: VLLMEngine,
+    EngineKind.INSTANT: InstantEngine,
+}
 _warm: dict[str, Engine] = {}
 
 
@@ -236,7 +239,7 @@ def get_engine(spec: ModelSpec) -> Engine:
     engine = _warm.get(spec.alias)
     if engine is not None:
         return engine
-    if spec.engine == "vllm":
+    if spec.engine == EngineKind.VLLM:
         for alias in [a for a, e in _warm.items() if isinstance(e, VLLMEngine)]:
             _warm.pop(alias).close()
     engine = _ENGINE_KINDS[spec.engine](spec)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +16,20 @@ import yaml
 
 from batchsvc.settings import PROJECT_ROOT, Settings
 
-ENGINE_KINDS = ("vllm", "instant")
+
+class EngineKind(StrEnum):
+    VLLM = "vllm"  # the product engine
+    INSTANT = "instant"  # the deterministic test engine (orchestration scale, fault injection), never a default
+
+
+ENGINE_KINDS = tuple(kind.value for kind in EngineKind)
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     alias: str
     model: str  # Hugging Face id or local directory
-    engine: str = "vllm"  # "instant" is the deterministic test engine, never a product default
+    engine: str = EngineKind.VLLM
     engine_args: Mapping[str, Any] = field(default_factory=dict)
     engine_env: Mapping[str, str] = field(default_factory=dict)
     chat_template_kwargs: Mapping[str, Any] = field(default_factory=dict)
@@ -61,7 +68,7 @@ def load_models(path: Path) -> dict[str, ModelSpec]:
         merged = _merge(defaults, entry or {})
         if "model" not in merged:
             raise ValueError(f"{path}: model {alias!r} has no 'model'")
-        if merged.get("engine", "vllm") not in ENGINE_KINDS:
+        if merged.get("engine", EngineKind.VLLM) not in ENGINE_KINDS:
             raise ValueError(f"{path}: model {alias!r} has unknown engine {merged['engine']!r}")
         model = str(merged.pop("model"))
         # Local model directories are written relative to the project root.

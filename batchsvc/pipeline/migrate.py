@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from batchsvc.access import DEFAULT_TENANT
 from batchsvc.pipeline.recovery import save_job_record
 from batchsvc.services import Services
 from batchsvc.storage import layout
@@ -67,7 +68,7 @@ def _without_tenant(state: Any, prefix: str, kind: str) -> Iterator[tuple[str, d
             yield raw_id.decode(), fields
 
 
-def migrate_to_tenant_layout(svc: Services, tenant: str = "default") -> Migrated:
+def migrate_to_tenant_layout(svc: Services, tenant: str = DEFAULT_TENANT) -> Migrated:
     """Give every record without a tenant to `tenant`, moving its objects."""
     done = Migrated()
     state: Any = svc.jobs.redis

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 
 import orjson
 
+from batchsvc.access import DEFAULT_TENANT
 from batchsvc.storage import layout
 from batchsvc.storage.base import Storage
 
@@ -26,7 +27,7 @@ class Manifest:
     model: str
     total: int
     shards: list[ShardInfo]
-    tenant: str = "default"
+    tenant: str = DEFAULT_TENANT
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self))
@@ -35,7 +36,7 @@ class Manifest:
     def from_json(cls, data: bytes) -> Manifest:
         raw = orjson.loads(data)
         shards = [ShardInfo(**s) for s in raw["shards"]]
-        return cls(raw["job_id"], raw["model"], raw["total"], shards, raw.get("tenant", "default"))
+        return cls(raw["job_id"], raw["model"], raw["total"], shards, raw.get("tenant", DEFAULT_TENANT))
 
     def save(self, storage: Storage) -> None:
         storage.put_bytes(layout.manifest_key(self), self.to_json(), content_type="application/json")
@@ -60,7 +61,7 @@ class ShardSummary:
     latency_sum: float  # seconds, over requests this run's engine answered
     latency_count: int  # how many those are: a resumed shard's checkpointed lines have no latency
     sha256: str  # of the shard output object
-    tenant: str = "default"
+    tenant: str = DEFAULT_TENANT
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import redis
 
+from batchsvc.access import DEFAULT_TENANT
 from batchsvc.errors import ErrorType, ServiceError
 from batchsvc.store.jobs import newest_first
 
@@ -41,7 +42,7 @@ class FileRecord:
     key: str  # storage key of the content
     created_at: float = field(default_factory=time.time)
     job_id: str | None = None  # the batch an output file belongs to
-    tenant: str = "default"  # whose file: only that tenant's keys (and admins) see it
+    tenant: str = DEFAULT_TENANT  # whose file: only that tenant's keys (and admins) see it
     lines: int | None = None  # newline count of an upload: what a batch of it would queue
 
     def to_fields(self) -> dict[str, bytes]:

@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 import redis
 
+from batchsvc.access import DEFAULT_TENANT
 from batchsvc.errors import JobNotFound
 
 
@@ -80,7 +81,7 @@ _JOB_ID = re.compile(r"batch_[0-9a-f]{32}")
 class Job:
     id: str
     model: str
-    tenant: str = "default"  # whose job: only that tenant's keys (and admins) see it
+    tenant: str = DEFAULT_TENANT  # whose job: only that tenant's keys (and admins) see it
     status: JobStatus = JobStatus.QUEUED
     created_at: float = field(default_factory=time.time)
     # The one url every line must use (OpenAI /v1/batches); None admits any supported url.
@@ -272,7 +273,7 @@ class JobStore:
         if result == -1:
             raise JobNotFound(job_id)
         if result and to.terminal:
-            tenant = orjson.loads(self.redis.hget(self._key(job_id), "tenant") or b'"default"')
+            tenant = orjson.loads(self.redis.hget(self._key(job_id), "tenant") or orjson.dumps(DEFAULT_TENANT))
             pipe = self.redis.pipeline()
             pipe.srem(self._active_key(), job_id)
             pipe.srem(self._active_key(tenant), job_id)

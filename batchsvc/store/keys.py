@@ -15,47 +15,22 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import re
 import secrets
 import time
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 import orjson
 import redis
 
+from batchsvc.access import DEFAULT_TENANT, Role, check_tenant
 from batchsvc.errors import ErrorType, ServiceError
 
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "bsk_"
 BOOTSTRAP_KEY_ID = "key_bootstrap"
-DEFAULT_TENANT = "default"
-_TENANT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _MIN_BOOTSTRAP_CHARS = 24
-
-
-class Role(StrEnum):
-    """Each role can do what the ones before it can."""
-
-    VIEWER = "viewer"  # reads its tenant's jobs, files and results
-    SUBMITTER = "submitter"  # also submits, cancels and retries
-    ADMIN = "admin"  # also manages keys and tenants, and sees every tenant
-
-    def allows(self, needed: Role) -> bool:
-        order = list(Role)
-        return order.index(self) >= order.index(needed)
-
-
-def check_tenant(name: str) -> str:
-    if not _TENANT.match(name):
-        raise ServiceError(
-            ErrorType.VALIDATION,
-            f"tenant {name!r} is not a valid tenant name",
-            {"fields": {"tenant": ["lower-case letters, digits, '-' and '_', at most 63, starting alphanumeric"]}},
-        )
-    return name
 
 
 def digest(key: str) -> str:

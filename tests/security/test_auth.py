@@ -12,7 +12,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from batchsvc.store.keys import BOOTSTRAP_KEY_ID, Role
+from batchsvc.access import Role
+from batchsvc.store.keys import BOOTSTRAP_KEY_ID
 from tests.support.client import error_of, grant, upload
 
 LINE = orjson.dumps(

@@ -14,6 +14,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
+from batchsvc.access import Role
 from batchsvc.pipeline.finalize import finalize_job
 from batchsvc.pipeline.prepare import prepare_job
 from batchsvc.pipeline.shards import run_shard
@@ -21,7 +22,6 @@ from batchsvc.services import Services
 from batchsvc.settings import Settings
 from batchsvc.storage import layout
 from batchsvc.store.jobs import JobStatus
-from batchsvc.store.keys import Role
 from tests.support.client import client_of, upload
 
 LINE = orjson.dumps(

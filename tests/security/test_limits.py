@@ -19,10 +19,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.serving import make_server
 
+from batchsvc.access import Role
 from batchsvc.pipeline.prepare import prepare_job
 from batchsvc.services import Services
 from batchsvc.store.jobs import JobStatus
-from batchsvc.store.keys import Role
 from tests.support.client import client_of, error_of, grant, upload
 from tests.support.http import LoopbackHTTPServer
 

@@ -15,7 +15,7 @@ import sentry_sdk
 from flask import Flask
 from flask.testing import FlaskClient
 
-from batchsvc.store.keys import Role
+from batchsvc.access import Role
 from batchsvc.telemetry import init_sentry
 from tests.conftest import TEST_WEBHOOK_SECRET
 from tests.support.client import grant, upload

@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
+from batchsvc.access import Role
 from batchsvc.outbound import webhooks
 from batchsvc.outbound.netguard import Allowlist
 from batchsvc.outbound.webhooks import WebhookError, WebhookVerificationError, sign, signature_header, verify
 from batchsvc.services import Services
 from batchsvc.settings import PROJECT_ROOT, load_settings
-from batchsvc.store.keys import Role
 from batchsvc.store.tenants import TenantPolicy, webhook_secrets
 from tests.conftest import TEST_WEBHOOK_SECRET
 from tests.support.http import LoopbackHTTPServer, Received

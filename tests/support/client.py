@@ -11,7 +11,7 @@ from flask.testing import FlaskClient
 from werkzeug.datastructures import FileStorage
 from werkzeug.test import TestResponse, encode_multipart
 
-from batchsvc.store.keys import Role
+from batchsvc.access import Role
 
 
 def upload(client: FlaskClient, data: bytes, model: str, **fields: Any) -> TestResponse:

@@ -13,9 +13,9 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
+from batchsvc.access import Role
 from batchsvc.services import Services
 from batchsvc.settings import Settings
-from batchsvc.store.keys import Role
 from tasks.celery_app import queue_keys
 from tests.conftest import make_settings
 from tests.support.client import authorize

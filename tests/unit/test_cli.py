@@ -18,6 +18,7 @@ from click.testing import CliRunner, Result
 from flask import Flask, request
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from batchsvc.access import Role
 from batchsvc.client.cli import main, progress_line
 from batchsvc.pipeline.finalize import finalize_job
 from batchsvc.pipeline.prepare import prepare_job
@@ -25,7 +26,6 @@ from batchsvc.pipeline.shards import run_shard
 from batchsvc.services import Services
 from batchsvc.settings import Settings
 from batchsvc.store.jobs import JobStatus
-from batchsvc.store.keys import Role
 from tasks.celery_app import queue_keys
 from tests.conftest import make_settings
 from tests.support.client import grant

@@ -15,6 +15,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
+from batchsvc.access import Role
 from batchsvc.pipeline.finalize import finalize_job
 from batchsvc.pipeline.prepare import prepare_job
 from batchsvc.pipeline.shards import run_shard
@@ -22,7 +23,6 @@ from batchsvc.services import Services
 from batchsvc.settings import Settings
 from batchsvc.storage import layout
 from batchsvc.store.jobs import Counts, Job, JobStatus, new_job_id
-from batchsvc.store.keys import Role
 from tasks.celery_app import PREPARE, queue_keys
 from tests.support.client import error_of, grant
 from tests.support.client import upload as post_upload
