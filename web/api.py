@@ -169,17 +169,11 @@ def get_batch(job_id: str) -> Response:
 def list_batches() -> Response:
     args = PageSchema().load(request.args.to_dict())
     svc = services()
-    jobs = []
-    for job_id in svc.jobs.list_ids(limit=args["limit"] + 1, after=args["after"], tenant=visible_tenant()):
-        try:
-            jobs.append(svc.jobs.get(job_id))
-        except JobNotFound:  # its record was removed; the index catches up later
-            continue
-    page = jobs[: args["limit"]]
+    page, has_more = svc.jobs.page(limit=args["limit"], after=args["after"], tenant=visible_tenant())
     return jsonify(
         {
             "data": [job_view(svc, job) for job in page],
-            "has_more": len(jobs) > len(page),
+            "has_more": has_more,
             "last_id": page[-1].id if page else None,
         }
     )

@@ -6,13 +6,13 @@ official `openai` client at `{host}/v1` and it works unchanged."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from batchsvc.access import Role
-from batchsvc.errors import ErrorType, JobNotFound, ServiceError
+from batchsvc.errors import ErrorType, ServiceError
 from batchsvc.pipeline.lifecycle import cancel_job
 from batchsvc.pipeline.submit import model_of_first_line, store_upload, submit_job
 from batchsvc.services import Services
@@ -45,34 +45,6 @@ def _no_retry_on_conflict(response: Response) -> Response:
     if response.status_code == 409:
         response.headers["x-should-retry"] = "false"
     return response
-
-
-def _page(
-    ids: Callable[[int, str | None], list[str]],
-    get: Callable[[str], T],
-    *,
-    limit: int,
-    after: str | None,
-    keep: Callable[[T], bool] = lambda _: True,
-) -> tuple[list[T], bool]:
-    """One page of `limit` items after the cursor, newest first, and whether more follow.
-    Ids whose record is gone (the index catches up later) and items `keep` refuses
-    are skipped, fetching further ids until the page is full."""
-    found: list[T] = []
-    cursor = after
-    while len(found) <= limit:
-        batch = ids(limit + 1, cursor)
-        for item_id in batch:
-            try:
-                item = get(item_id)
-            except (JobNotFound, FileNotFound):
-                continue
-            if keep(item):
-                found.append(item)
-        if len(batch) < limit + 1:
-            break
-        cursor = batch[-1]
-    return found[:limit], len(found) > limit
 
 
 def _list_body(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
@@ -126,12 +98,10 @@ def create_file() -> Response:
 @bp.get("/files")
 def list_files() -> Response:
     args = ListFilesSchema().load(request.args.to_dict())
-    files = services().files
-    page, has_more = _page(
-        lambda n, after: files.list_ids(limit=n, after=after, tenant=visible_tenant()),
-        files.get,
+    page, has_more = services().files.page(
         limit=args["limit"],
         after=args["after"],
+        tenant=visible_tenant(),
         keep=lambda f: args["purpose"] is None or f.purpose == args["purpose"],
     )
     return jsonify(_list_body([file_object(f) for f in page], has_more))
@@ -287,10 +257,5 @@ def cancel_batch(batch_id: str) -> Response:
 def list_batches() -> Response:
     args = PageSchema().load(request.args.to_dict())
     svc = services()
-    page, has_more = _page(
-        lambda n, after: svc.jobs.list_ids(limit=n, after=after, tenant=visible_tenant()),
-        svc.jobs.get,
-        limit=args["limit"],
-        after=args["after"],
-    )
+    page, has_more = svc.jobs.page(limit=args["limit"], after=args["after"], tenant=visible_tenant())
     return jsonify(_list_body([batch_object(svc, job) for job in page], has_more))

@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +17,7 @@ import redis
 
 from batchsvc.access import DEFAULT_TENANT
 from batchsvc.errors import ErrorType, ServiceError
-from batchsvc.store.jobs import newest_first
+from batchsvc.store.paging import fill_page, newest_first
 
 
 class FileNotFound(ServiceError):
@@ -76,6 +77,11 @@ class FileStore:
         pipe.execute()
         return record
 
+    def find(self, file_id: str) -> FileRecord | None:
+        """The record, or None when there is none."""
+        raw = self.redis.hgetall(self._key(file_id))
+        return FileRecord.from_fields(raw) if raw else None
+
     def get(self, file_id: str) -> FileRecord:
         raw = self.redis.hgetall(self._key(file_id))
         if not raw:
@@ -96,3 +102,15 @@ class FileStore:
         if ids is None:
             raise FileNotFound(after or "")
         return ids
+
+    def page(
+        self, *, limit: int, after: str | None, tenant: str | None, keep: Callable[[FileRecord], bool] = lambda _: True
+    ) -> tuple[list[FileRecord], bool]:
+        """Up to `limit` records after the cursor, newest first, and whether more follow."""
+        return fill_page(
+            lambda n, cursor: self.list_ids(limit=n, after=cursor, tenant=tenant),
+            self.find,
+            limit=limit,
+            after=after,
+            keep=keep,
+        )

@@ -19,6 +19,7 @@ import dataclasses
 import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import Any
@@ -28,6 +29,7 @@ import redis
 
 from batchsvc.access import DEFAULT_TENANT
 from batchsvc.errors import JobNotFound
+from batchsvc.store.paging import fill_page, newest_first
 
 
 class JobStatus(StrEnum):
@@ -242,6 +244,11 @@ class JobStore:
             raise ActiveLimitReached(job.tenant, max_active)
         return job
 
+    def find(self, job_id: str) -> Job | None:
+        """The record, or None when there is none."""
+        raw = self.redis.hgetall(self._key(job_id))
+        return Job.from_fields(raw) if raw else None
+
     def get(self, job_id: str) -> Job:
         raw = self.redis.hgetall(self._key(job_id))
         if not raw:
@@ -321,6 +328,18 @@ class JobStore:
             raise JobNotFound(after or "")
         return ids
 
+    def page(
+        self, *, limit: int, after: str | None, tenant: str | None, keep: Callable[[Job], bool] = lambda _: True
+    ) -> tuple[list[Job], bool]:
+        """Up to `limit` records after the cursor, newest first, and whether more follow."""
+        return fill_page(
+            lambda n, cursor: self.list_ids(limit=n, after=cursor, tenant=tenant),
+            self.find,
+            limit=limit,
+            after=after,
+            keep=keep,
+        )
+
     # --- progress ---
     def record_shard_progress(self, job_id: str, shard: int, counts: Counts) -> None:
         mapping = {f"{shard}:{name}": getattr(counts, name) for name in _COUNTERS}
@@ -358,19 +377,6 @@ class JobStore:
 
     def record_model_rate(self, alias: str, req_per_sec: float) -> None:
         self.redis.set(f"{self.prefix}:model_rate:{alias}", repr(req_per_sec))
-
-
-def newest_first(client: Any, index: str, *, limit: int, after: str | None) -> list[str] | None:
-    """One page of a sorted-set index, highest score first, after the member
-    `after` (None when `after` is not in the index). The cursor is a rank, not a
-    score, so members with equal scores are neither skipped nor repeated."""
-    start = 0
-    if after is not None:
-        rank = client.zrevrank(index, after)
-        if rank is None:
-            return None
-        start = rank + 1
-    return [i.decode() for i in client.zrevrange(index, start, start + limit - 1)]
 
 
 def _plain(value: Any) -> Any:

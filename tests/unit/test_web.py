@@ -368,6 +368,23 @@ def test_list_pages_newest_first(client: FlaskClient, services: Services) -> Non
     assert (third["has_more"], third["last_id"]) == (False, ids[4])
 
 
+@pytest.mark.parametrize(("path", "id_field"), [("/v1/batch", "job_id"), ("/v1/batches", "id")])
+def test_a_page_with_a_vanished_record_reads_on_and_still_knows_more_follow(
+    client: FlaskClient, services: Services, path: str, id_field: str
+) -> None:
+    """Both API shapes page alike: a record gone from under its index entry is
+    skipped, the page is filled from further ids, and has_more sees what is left."""
+    ids = _jobs_at(services, 4)[::-1]
+    services.jobs.redis.delete(services.jobs._key(ids[1]))  # the record goes; its index entry stays
+
+    first = client.get(f"{path}?limit=2").get_json()
+    assert [j[id_field] for j in first["data"]] == [ids[0], ids[2]]
+    assert first["has_more"] is True
+    rest = client.get(f"{path}?limit=2&after={ids[2]}").get_json()
+    assert [j[id_field] for j in rest["data"]] == [ids[3]]
+    assert rest["has_more"] is False
+
+
 def test_an_empty_list(client: FlaskClient) -> None:
     assert client.get("/v1/batch").get_json() == {"data": [], "has_more": False, "last_id": None}
 
