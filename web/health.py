@@ -52,7 +52,7 @@ def metrics() -> Response:
         for queue in queues:
             depth.labels(queue).set(sum(broker.llen(key) for key in queue_keys(queue)))
         jobs = Gauge("batchsvc_jobs_total", "Jobs known to the job store", registry=registry)
-        jobs.set(svc.jobs.redis.zcard(f"{svc.settings.redis_prefix}:jobs"))
+        jobs.set(svc.jobs.count())
     finally:
         broker.close()
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)

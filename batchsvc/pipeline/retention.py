@@ -21,9 +21,9 @@ def expire_job_data(svc: Services, *, now: float | None = None) -> list[str]:
     cutoff = now - svc.settings.retention_s
     expired = []
     # A job finishes after it was created, so only jobs created before the cutoff can qualify.
-    for raw in svc.jobs.redis.zrangebyscore(f"{svc.jobs.prefix}:jobs", "-inf", cutoff):
-        job = svc.jobs.get(raw.decode())
-        if not job.status.terminal or job.data_expired_at is not None:
+    for job_id in svc.jobs.ids_created_before(cutoff):
+        job = svc.jobs.find(job_id)
+        if job is None or not job.status.terminal or job.data_expired_at is not None:
             continue
         if job.finished_at is None or job.finished_at > cutoff:
             continue

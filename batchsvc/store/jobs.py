@@ -328,6 +328,14 @@ class JobStore:
             raise JobNotFound(after or "")
         return ids
 
+    def ids_created_before(self, cutoff: float) -> list[str]:
+        """Every job id created at or before `cutoff`, oldest first."""
+        return [raw.decode() for raw in self.redis.zrangebyscore(self._index_key(), "-inf", cutoff)]
+
+    def count(self) -> int:
+        """How many jobs the index holds, of every tenant."""
+        return int(self.redis.zcard(self._index_key()))
+
     def page(
         self, *, limit: int, after: str | None, tenant: str | None, keep: Callable[[Job], bool] = lambda _: True
     ) -> tuple[list[Job], bool]:
