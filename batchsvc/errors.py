@@ -29,6 +29,15 @@ class ErrorType(StrEnum):
     def status(self) -> int:
         return _STATUS[self]
 
+    @classmethod
+    def for_status(cls, status: int) -> ErrorType:
+        """The type of an HTTP error status; a status without a type of its own is
+        internal (5xx) or a plain invalid request (4xx)."""
+        for type_, code in _STATUS.items():
+            if code == status:
+                return type_
+        return cls.INTERNAL if status >= 500 else cls.INVALID_REQUEST
+
 
 _STATUS = {
     ErrorType.INVALID_REQUEST: 400,

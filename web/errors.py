@@ -12,20 +12,6 @@ from batchsvc.errors import ErrorType, ServiceError
 
 log = logging.getLogger(__name__)
 
-_HTTP_TYPES = {
-    400: ErrorType.INVALID_REQUEST,
-    401: ErrorType.UNAUTHORIZED,
-    403: ErrorType.FORBIDDEN,
-    404: ErrorType.NOT_FOUND,
-    405: ErrorType.METHOD_NOT_ALLOWED,
-    409: ErrorType.CONFLICT,
-    410: ErrorType.GONE,
-    413: ErrorType.PAYLOAD_TOO_LARGE,
-    415: ErrorType.UNSUPPORTED_MEDIA_TYPE,
-    422: ErrorType.VALIDATION,
-    429: ErrorType.RATE_LIMITED,
-}
-
 
 def error_response(error: ServiceError) -> tuple[Response, int]:
     response = jsonify(error.to_dict())
@@ -53,7 +39,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException):
         status = error.code or 500
-        type_ = _HTTP_TYPES.get(status, ErrorType.INTERNAL if status >= 500 else ErrorType.INVALID_REQUEST)
+        type_ = ErrorType.for_status(status)
         response, _ = error_response(ServiceError(type_, error.description or error.name))
         # Keep what the error says in headers (Allow on 405, Retry-After on 429).
         for name, value in error.get_headers():

@@ -23,9 +23,9 @@ from typing import Any, BinaryIO, NamedTuple
 
 import orjson
 
-CHAT_COMPLETIONS_URL = "/v1/chat/completions"
-COMPLETIONS_URL = "/v1/completions"
-DEFAULT_SUPPORTED_URLS = frozenset({CHAT_COMPLETIONS_URL, COMPLETIONS_URL})
+from batchsvc.inference.outputs import CHAT_URL, COMPLETIONS_URL
+
+DEFAULT_SUPPORTED_URLS = frozenset({CHAT_URL, COMPLETIONS_URL})
 
 DEFAULT_MAX_FILE_BYTES = 200 * 1024 * 1024
 DEFAULT_MAX_LINES = 200_000
@@ -344,7 +344,7 @@ class _BodyRules:
     def __init__(self, model_names: Iterable[str], max_tokens_cap: int) -> None:
         self.model_names = frozenset(model_names)
         self.endpoints = {
-            CHAT_COMPLETIONS_URL: _Endpoint("messages", _messages_problems, _chat_fields(max_tokens_cap)),
+            CHAT_URL: _Endpoint("messages", _messages_problems, _chat_fields(max_tokens_cap)),
             COMPLETIONS_URL: _Endpoint("prompt", _prompt_problems, _completion_fields(max_tokens_cap)),
         }
 
