@@ -28,7 +28,8 @@ from batchsvc.storage import layout
 from batchsvc.storage.base import StorageUnavailable
 from batchsvc.store.jobs import Job, JobStatus, job_error, job_priority
 from batchsvc.store.tenants import webhook_secrets
-from tasks.celery_app import (
+from tasks.celery_app import create_celery
+from tasks.names import (
     FINALIZE,
     PREPARE,
     REDRIVE,
@@ -37,7 +38,6 @@ from tasks.celery_app import (
     SHARD,
     SWEEP,
     WEBHOOK,
-    app,
     celery_priority,
     llm_queue,
     queue_keys,
@@ -45,6 +45,9 @@ from tasks.celery_app import (
 from tasks.schedule import rescoring_entry
 
 log = logging.getLogger(__name__)
+
+# The worker's one Celery app (`celery -A tasks.worker`); the web app builds its own in create_app.
+app = create_celery(get_settings())
 
 
 def start_chord(job_id: str, shard_indexes: list[int]) -> None:

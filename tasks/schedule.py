@@ -11,7 +11,7 @@ import yaml
 from celery.schedules import crontab
 
 from batchsvc.settings import Settings
-from tasks.celery_app import RESCORE, RETENTION, SWEEP
+from tasks.names import RESCORE, RETENTION, SWEEP
 
 
 def _crontab(expr: str) -> crontab:

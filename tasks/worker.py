@@ -14,8 +14,7 @@ from batchsvc.inference.engine import get_engine
 from batchsvc.services import current_services
 from batchsvc.settings import get_settings
 from batchsvc.telemetry import init_sentry
-from tasks import batch as _tasks  # noqa: F401  (registers the tasks)
-from tasks.celery_app import app
+from tasks.batch import app  # importing tasks.batch registers the tasks
 from tasks.schedule import beat_schedule
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from batchsvc.services import Services
 from batchsvc.storage.base import InvalidDownloadToken, ObjectNotFound
 from batchsvc.storage.local import LocalStorage
 from batchsvc.store.jobs import Job, JobStatus, is_job_id, job_priority
-from tasks.celery_app import PREPARE, REDRIVE, celery_priority
+from tasks.names import PREPARE, REDRIVE, celery_priority
 from web.audit import audited
 from web.auth import current_key, requires, visible_job, visible_tenant
 from web.schemas import PageSchema, SubmitBatchFormSchema, SubmitBatchSchema

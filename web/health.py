@@ -9,7 +9,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from batchsvc.access import Role
 from batchsvc.services import Services
-from tasks.celery_app import queue_keys
+from tasks.names import queue_keys
 from web.auth import requires
 
 health = Blueprint("health", __name__)

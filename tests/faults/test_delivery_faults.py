@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from batchsvc.storage import layout
-from tasks.celery_app import FINALIZE, create_celery
+from tasks.celery_app import create_celery
+from tasks.names import FINALIZE
 from tests.support.invariants import (
     Watch,
     assert_invariants,

@@ -17,7 +17,8 @@ from batchsvc.pipeline.finalize import finalize_job
 from batchsvc.pipeline.prepare import prepare_job
 from batchsvc.pipeline.shards import run_shard
 from batchsvc.store.jobs import JobStatus
-from tasks.celery_app import SHARD, create_celery, llm_queue
+from tasks.celery_app import create_celery
+from tasks.names import SHARD, llm_queue
 from tests.support.broker import QueuedMessage, deliver_again, queued, redeliverable
 from tests.support.invariants import (
     INSTANT_MODEL,

@@ -12,7 +12,7 @@ import orjson
 import redis
 
 from batchsvc.settings import Settings
-from tasks.celery_app import queue_keys
+from tasks.names import queue_keys
 
 # kombu's Redis transport keeps delivered-but-unacknowledged messages here, scored
 # by delivery time; a consumer puts them back once they are visibility_timeout old.

@@ -16,7 +16,7 @@ from flask.testing import FlaskClient
 from batchsvc.access import Role
 from batchsvc.services import Services
 from batchsvc.settings import Settings
-from tasks.celery_app import queue_keys
+from tasks.names import queue_keys
 from tests.conftest import make_settings
 from tests.support.client import authorize
 

@@ -26,7 +26,7 @@ from batchsvc.pipeline.shards import run_shard
 from batchsvc.services import Services
 from batchsvc.settings import Settings
 from batchsvc.store.jobs import JobStatus
-from tasks.celery_app import queue_keys
+from tasks.names import queue_keys
 from tests.conftest import make_settings
 from tests.support.client import grant
 from web import create_app

@@ -23,7 +23,7 @@ from batchsvc.services import Services
 from batchsvc.settings import Settings
 from batchsvc.storage import layout
 from batchsvc.store.jobs import Counts, Job, JobStatus, new_job_id
-from tasks.celery_app import PREPARE, queue_keys
+from tasks.names import PREPARE, queue_keys
 from tests.support.client import error_of, grant
 from tests.support.client import upload as post_upload
 
