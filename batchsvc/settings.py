@@ -75,6 +75,12 @@ class Settings:
     # which only works for a single process; `make up` and production set it.
     signing_secret: str = ""
     result_link_ttl_s: int = 3600
+    # Reverse proxies in front of the API that append the client's address to
+    # X-Forwarded-For (and set X-Forwarded-Proto): the client address that rate limits,
+    # IP allowlists and the audit log see is the one the outermost of these saw.
+    # 0 trusts no such header (a direct client could forge it); the deployments in
+    # docker-compose.yml and deploy/k8s/ put one nginx in front and set 1.
+    forwarded_hops: int = 0
 
     # --- Access ---
     # An admin key for the default tenant, installed at start-up when set (make demo, make up).

@@ -24,17 +24,22 @@ PREFIX=${BATCHSVC_LLM_QUEUE_PREFIX:-llm}
 QUEUES=$(echo "$MODELS" | tr ',' '\n' | sed "s/^/$PREFIX./" | paste -sd, -)
 export BATCHSVC_PRELOAD_MODEL=${MODELS%%,*}
 
-worker() {  # node name; runs in the foreground
-    "$CELERY" -A tasks.worker worker -Q "$QUEUES" --pool solo --prefetch-multiplier 1 -n "$1@%h" --loglevel INFO
-}
+WORKER=("$CELERY" -A tasks.worker worker -Q "$QUEUES" --pool solo --prefetch-multiplier 1 --loglevel INFO)
 
 if [ ${#GPUS[@]} -eq 0 ]; then
     # exec: the worker itself is the process `make up` watches.
-    exec "$CELERY" -A tasks.worker worker -Q "$QUEUES" --pool solo --prefetch-multiplier 1 -n "llm-cpu@%h" --loglevel INFO
+    exec "${WORKER[@]}" -n "llm-cpu@%h"
+fi
+if [ ${#GPUS[@]} -eq 1 ]; then
+    # One GPU (a container or pod per GPU): exec too, so the worker is PID 1 and gets the
+    # TERM of `docker stop` or Kubernetes itself, and no exit of this script cuts its
+    # warm shutdown short.
+    export CUDA_VISIBLE_DEVICES=${GPUS[0]}
+    exec "${WORKER[@]}" -n "llm-gpu${GPUS[0]}@%h"
 fi
 
 trap 'kill 0' INT TERM EXIT
 for gpu in "${GPUS[@]}"; do
-    CUDA_VISIBLE_DEVICES=$gpu worker "llm-gpu$gpu" &
+    CUDA_VISIBLE_DEVICES=$gpu "${WORKER[@]}" -n "llm-gpu$gpu@%h" &
 done
 wait

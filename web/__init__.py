@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from batchsvc.services import Services
 from batchsvc.settings import Settings, get_settings
@@ -20,6 +21,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_file_bytes + 1024 * 1024
     app.extensions["batchsvc"] = Services(settings)
     app.extensions["celery"] = create_celery(settings)
+    if settings.forwarded_hops:
+        hops = settings.forwarded_hops
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     logging.basicConfig(level=settings.log_level)
 
     from web import auth

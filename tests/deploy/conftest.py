@@ -1,0 +1,68 @@
+"""The deployment artefacts read as data: the Procfile, the Dockerfile, the compose
+file. No Docker engine or cluster runs here, so these tests check the files against
+the specifications and against the code they start."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from typing import Any
+
+import pytest
+import yaml
+
+from batchsvc.settings import PROJECT_ROOT
+from tests.unit.conftest import app, client, make_app, settings
+
+__all__ = ["app", "client", "make_app", "settings"]
+
+
+def procfile() -> dict[str, str]:
+    """Entry name -> command, read the way scripts/procfile_exec.sh reads it."""
+    lines = (PROJECT_ROOT / "Procfile").read_text().splitlines()
+    return {m[1]: m[2].strip() for line in lines if (m := re.match(r"^([\w-]+):(.*)$", line))}
+
+
+def program_of(command: str) -> str:
+    """The executable a Procfile command starts (its first word)."""
+    return shlex.split(command)[0]
+
+
+def dockerfile_stages() -> dict[str, list[str]]:
+    """Stage name -> its instructions (continuation lines joined), from the Dockerfile."""
+    text = re.sub(r"\\\n", " ", (PROJECT_ROOT / "Dockerfile").read_text())
+    stages: dict[str, list[str]] = {}
+    current = ""
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if m := re.match(r"FROM\s+\S+(?:\s+AS\s+(\S+))?", line, re.IGNORECASE):
+            current = m[1] or f"stage{len(stages)}"
+            stages[current] = []
+        stages.setdefault(current, []).append(line)
+    return stages
+
+
+@pytest.fixture(scope="session")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())
+
+
+def warm_shutdown_s() -> float:
+    """How long an LLM worker told to stop may take to checkpoint its running shard:
+    it notices at the next checkpoint (at most `progress_interval_s` away), writes the
+    part and gives the rest of the shard back. The 60 s are for the engine to stop
+    and the last writes to Redis and storage on a loaded host."""
+    from batchsvc.settings import load_settings
+
+    settings = load_settings(environ={})
+    return 2 * settings.progress_interval_s + 60
+
+
+def duration_s(text: str) -> float:
+    """A compose duration ("90s", "2m", "1m30s") in seconds."""
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", text)
+    assert parts and "".join(a + u for a, u in parts) == text, text
+    return sum(float(amount) * units[unit] for amount, unit in parts)
