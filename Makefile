@@ -1,7 +1,8 @@
 # The two commands of the README, and the ones around them.
-#   make demo   set up, start the stack, run the example job, show the results
-#   make test   set up and run the whole suite (what CI runs)
-.PHONY: setup demo test unit security integration faults lint up down status bench clean
+#   make demo     set up, start the stack, run the example job, show the results
+#   make test     set up and run the whole suite (what CI runs)
+#   make release  the sdist and wheel, checked (docs/deployment.md: images too)
+.PHONY: setup demo test unit security integration faults lint up down status bench release clean
 
 PY := .venv/bin/python
 
@@ -40,6 +41,10 @@ status:
 
 bench: setup
 	@$(PY) scripts/bench_e2e.py
+
+# The sdist and wheel in dist/, checked with twine. Images: docker build --target cpu|gpu .
+release: setup
+	@scripts/release.sh
 
 clean: down
 	rm -rf var/log var/run var/storage

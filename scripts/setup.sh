@@ -9,6 +9,11 @@ cd "$(dirname "$0")/.."
 scripts/install.sh cpu,test,dev
 VENV=.venv
 
+apt_install() {  # PACKAGE: from Debian, as root or through sudo
+    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "$1" >/dev/null
+}
+
 redis_up() {  # PING over bash's /dev/tcp, so no redis-cli is needed to ask
     ( exec 3<>/dev/tcp/127.0.0.1/6379 && printf 'PING\r\n' >&3 && read -t 2 -r reply <&3 && [[ $reply == +PONG* ]] ) 2>/dev/null
 }
@@ -16,8 +21,7 @@ redis_up() {  # PING over bash's /dev/tcp, so no redis-cli is needed to ask
 if ! redis_up; then
     if ! command -v redis-server >/dev/null 2>&1; then
         echo "==> installing redis-server"
-        if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
-        $SUDO apt-get update -qq && $SUDO apt-get install -y -qq redis-server >/dev/null
+        apt_install redis-server
     fi
     echo "==> starting redis-server on 127.0.0.1:6379"
     mkdir -p var/redis
@@ -28,6 +32,12 @@ if ! redis_up; then
 fi
 
 "$VENV/bin/python" scripts/make_tiny_model.py
+
+# nginx: tests/deploy run the deployments' reverse proxy config for real.
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+    echo "==> installing nginx"
+    apt_install nginx-light
+fi
 
 # The Compose specification's JSON schema, as Docker's docker-compose 1.x wheel ships it:
 # tests/deploy validate docker-compose.yml against it. Downloaded only, never installed
