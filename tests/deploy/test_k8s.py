@@ -20,7 +20,7 @@ from flask import Flask
 
 from batchsvc.inference.models import load_models
 from batchsvc.settings import PROJECT_ROOT, load_settings
-from tasks.celery_app import llm_queue, queue_keys
+from tasks.names import llm_queue, queue_keys
 from tests.deploy.conftest import procfile, warm_shutdown_s
 from web.auth import PUBLIC_ENDPOINTS
 
