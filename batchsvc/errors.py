@@ -6,7 +6,11 @@ The web layer turns every `ServiceError` (and every HTTP error) into the envelop
 
 from __future__ import annotations
 
+import re
+import sys
+import tempfile
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 
@@ -16,13 +20,17 @@ class ErrorType(StrEnum):
     FORBIDDEN = "forbidden"
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
+    REQUEST_TIMEOUT = "request_timeout"
     CONFLICT = "conflict"
     GONE = "gone"
     PAYLOAD_TOO_LARGE = "payload_too_large"
+    URI_TOO_LONG = "uri_too_long"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     VALIDATION = "validation_error"
     RATE_LIMITED = "rate_limited"
+    HEADERS_TOO_LARGE = "headers_too_large"
     INTERNAL = "internal_error"
+    NOT_IMPLEMENTED = "not_implemented"
     UNAVAILABLE = "service_unavailable"
 
     @property
@@ -45,15 +53,40 @@ _STATUS = {
     ErrorType.FORBIDDEN: 403,
     ErrorType.NOT_FOUND: 404,
     ErrorType.METHOD_NOT_ALLOWED: 405,
+    ErrorType.REQUEST_TIMEOUT: 408,
     ErrorType.CONFLICT: 409,
     ErrorType.GONE: 410,
     ErrorType.PAYLOAD_TOO_LARGE: 413,
+    ErrorType.URI_TOO_LONG: 414,
     ErrorType.UNSUPPORTED_MEDIA_TYPE: 415,
     ErrorType.VALIDATION: 422,
     ErrorType.RATE_LIMITED: 429,
+    ErrorType.HEADERS_TOO_LARGE: 431,
     ErrorType.INTERNAL: 500,
+    ErrorType.NOT_IMPLEMENTED: 501,
     ErrorType.UNAVAILABLE: 503,
 }
+
+
+# Where the server keeps its code, venv and temporary files: never shown to a client.
+_SERVER_ROOTS = sorted(
+    {
+        str(Path(__file__).resolve().parent.parent),
+        sys.prefix,
+        str(Path(sys.prefix).resolve()),
+        sys.base_prefix,
+        tempfile.gettempdir(),
+    },
+    key=len,
+    reverse=True,
+)
+_SERVER_PATH = re.compile("|".join(re.escape(root) + r"(?:/[^\s'\"]*)?" for root in _SERVER_ROOTS))
+
+
+def without_server_paths(text: str) -> str:
+    """`text` with every path under the server's own directories replaced by '<server path>'
+    (an engine's or a library's message can quote one)."""
+    return _SERVER_PATH.sub("<server path>", text)
 
 
 class ServiceError(Exception):
@@ -73,7 +106,8 @@ class ServiceError(Exception):
         self.headers = headers or {}  # e.g. Retry-After on a 429
 
     def to_dict(self) -> dict[str, Any]:
-        return {"error": {"type": self.type.value, "message": self.message, "details": self.details}}
+        message = without_server_paths(self.message)
+        return {"error": {"type": self.type.value, "message": message, "details": self.details}}
 
 
 class JobNotFound(ServiceError):

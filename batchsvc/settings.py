@@ -99,6 +99,10 @@ class Settings:
     max_lines: int = 200_000
     max_line_bytes: int = 1024 * 1024
     max_errors_reported: int = 100
+    # The longest completion_window a job may ask for (a window is parsed once, at submit).
+    max_completion_window_s: int = 30 * 86400
+    # A JSON request body (submit by URL, create a batch, admin calls); files come as multipart.
+    max_json_body_bytes: int = 1024 * 1024
     fetch_timeout_s: float = 30.0
     # Comma-separated hosts or CIDRs that input_file_url and webhook_url may reach although they
     # are not public (the local MinIO, a demo or test receiver: "127.0.0.1, minio, 10.8.0.0/16").

@@ -11,6 +11,7 @@ from batchsvc.services import Services
 from batchsvc.store.tenants import check_cidrs
 from web.audit import audited
 from web.auth import requires
+from web.request import json_object
 from web.schemas import CreateKeySchema, RotateSecretSchema, TenantPolicySchema
 
 bp = Blueprint("admin", __name__, url_prefix="/v1")
@@ -20,18 +21,11 @@ def services() -> Services:
     return current_app.extensions["batchsvc"]
 
 
-def _json_body() -> dict:
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise ServiceError(ErrorType.INVALID_REQUEST, "request body must be a JSON object")
-    return body
-
-
 @bp.post("/keys")
 @audited("key_create")
 @requires(Role.ADMIN)
 def create_key() -> tuple[Response, int]:
-    args = CreateKeySchema().load(_json_body())
+    args = CreateKeySchema().load(json_object())
     record, key = services().keys.create(args["tenant"], Role(args["role"]), args["name"])
     g.audit_target_key_id = record.id
     # The only time the key is ever shown.
@@ -67,7 +61,7 @@ def get_tenant(tenant: str) -> Response:
 def update_tenant(tenant: str) -> Response:
     """Set any of the tenant's limits and its client IP allowlist; null returns a
     field to the deployment default."""
-    args = TenantPolicySchema().load(_json_body())
+    args = TenantPolicySchema().load(json_object())
     if args.get("ip_allowlist") is not None:
         args["ip_allowlist"] = check_cidrs(args["ip_allowlist"])
     svc = services()
@@ -80,7 +74,7 @@ def update_tenant(tenant: str) -> Response:
 def rotate_webhook_secret(tenant: str) -> tuple[Response, int]:
     """A new signing secret for the tenant's webhooks (or the one given). The
     ones it replaces keep signing for webhook_secret_overlap_s."""
-    args = RotateSecretSchema().load(request.get_json(silent=True) or {})
+    args = RotateSecretSchema().load(json_object(optional=True))
     svc = services()
     try:
         secret, until = svc.tenants.rotate_webhook_secret(

@@ -23,6 +23,7 @@ from batchsvc.store.jobs import Job, JobStatus, is_job_id, job_priority
 from tasks.names import PREPARE, REDRIVE, celery_priority
 from web.audit import audited
 from web.auth import current_key, requires, visible_job, visible_tenant
+from web.request import json_object, single_values
 from web.schemas import PageSchema, SubmitBatchFormSchema, SubmitBatchSchema
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
@@ -53,10 +54,7 @@ def enqueue_prepare(metadata: dict[str, Any]):
 def _read_submission() -> tuple[dict[str, Any], Any]:
     content_type = request.mimetype
     if content_type == "application/json":
-        body = request.get_json(silent=True)
-        if not isinstance(body, dict):
-            raise ServiceError(ErrorType.INVALID_REQUEST, "request body must be a JSON object")
-        args = SubmitBatchSchema().load(body)
+        args = SubmitBatchSchema().load(json_object())
         if "input_file_url" not in args:
             raise ServiceError(
                 ErrorType.VALIDATION,
@@ -65,8 +63,8 @@ def _read_submission() -> tuple[dict[str, Any], Any]:
             )
         return args, None
     if content_type == "multipart/form-data":
-        args = SubmitBatchFormSchema().load(request.form.to_dict())
-        upload = request.files.get("file")
+        args = SubmitBatchFormSchema().load(single_values(request.form))
+        upload = single_values(request.files, "file part").get("file")
         if upload is None:
             raise ServiceError(
                 ErrorType.VALIDATION,

@@ -10,10 +10,7 @@ from functools import wraps
 from typing import Any
 
 import orjson
-from flask import g, request
-from werkzeug.exceptions import HTTPException
-
-from batchsvc.errors import ServiceError
+from flask import Flask, Response, g, request
 
 log = logging.getLogger("batchsvc.audit")
 
@@ -38,31 +35,32 @@ def write(action: str, status: int, **ids: str | None) -> None:
 
 
 def audited(action: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Log `action` for the decorated view, with the job id from its URL."""
+    """Log `action` for the decorated view, with the job id from its URL. The line
+    is written once the response is made (install), so its status is the one the
+    client got, whichever handler made it."""
 
     def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
         @wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            status = 500
-            try:
-                response = view(*args, **kwargs)
-                status = response[1] if isinstance(response, tuple) else getattr(response, "status_code", 200)
-                return response
-            except ServiceError as exc:
-                status = exc.type.status
-                raise
-            except HTTPException as exc:
-                status = exc.code or 500
-                raise
-            finally:
-                write(
-                    action,
-                    status,
-                    job_id=kwargs.get("job_id") or kwargs.get("batch_id") or getattr(g, "audit_job_id", None),
-                    file_id=kwargs.get("file_id") or getattr(g, "audit_file_id", None),
-                    target_tenant=kwargs.get("tenant"),
-                )
+            g.audit_action = action
+            return view(*args, **kwargs)
 
         return wrapper
 
     return decorate
+
+
+def install(app: Flask) -> None:
+    @app.after_request
+    def _audit_line(response: Response) -> Response:
+        action = g.pop("audit_action", None)
+        if action is not None:
+            args = request.view_args or {}
+            write(
+                action,
+                response.status_code,
+                job_id=args.get("job_id") or args.get("batch_id") or getattr(g, "audit_job_id", None),
+                file_id=args.get("file_id") or getattr(g, "audit_file_id", None),
+                target_tenant=args.get("tenant"),
+            )
+        return response

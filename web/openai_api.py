@@ -23,6 +23,7 @@ from web.api import enqueue_prepare
 from web.audit import audited
 from web.auth import current_key, requires, visible_file, visible_job, visible_tenant
 from web.openai_schemas import UPLOAD_PURPOSE, CreateBatchSchema, ListFilesSchema, UploadFileSchema
+from web.request import json_object, single_values
 from web.schemas import PageSchema
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
@@ -84,7 +85,7 @@ def create_file() -> Response:
             "upload the file as multipart/form-data with 'file' and 'purpose' parts",
             {"content_type": request.mimetype or None},
         )
-    args = UploadFileSchema().load({**request.form.to_dict(), **request.files.to_dict()})
+    args = UploadFileSchema().load({**single_values(request.form), **single_values(request.files, "file part")})
     upload = args["file"]
     svc = services()
     try:
@@ -204,10 +205,7 @@ def batch_object(svc: Services, job: Job) -> dict[str, Any]:
 @audited("submit")
 @requires(Role.SUBMITTER)
 def create_batch() -> Response:
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise ServiceError(ErrorType.INVALID_REQUEST, "request body must be a JSON object")
-    args = CreateBatchSchema().load(body)
+    args = CreateBatchSchema().load(json_object())
     svc = services()
     input_file = visible_file(args["input_file_id"])
     if input_file.tenant != current_key().tenant:  # an admin runs jobs as its own tenant only

@@ -12,13 +12,12 @@ from marshmallow import RAISE, Schema, ValidationError, fields, post_load, valid
 from werkzeug.datastructures import FileStorage
 
 from batchsvc.inference.validation import DEFAULT_SUPPORTED_URLS
-from web.schemas import PageSchema
+from web.schemas import WINDOW, PageSchema
 
 # The only purpose a client may upload; "batch_output" files are made by finalize.
 UPLOAD_PURPOSE = "batch"
 FILE_PURPOSES = ("batch", "batch_output")
 BATCH_ENDPOINTS = tuple(sorted(DEFAULT_SUPPORTED_URLS))
-_WINDOW = r"^[1-9][0-9]*[smhd]$"  # what batchsvc.pipeline.submit.window_seconds reads
 
 
 class _Upload(fields.Field):
@@ -65,7 +64,7 @@ class CreateBatchSchema(Schema):
     input_file_id = fields.String(required=True, validate=validate.Length(min=1, max=200))
     endpoint = fields.String(required=True, validate=validate.OneOf(BATCH_ENDPOINTS))
     # OpenAI offers "24h" only; any number of s, m, h or d also works here.
-    completion_window = fields.String(required=True, validate=validate.Regexp(_WINDOW))
+    completion_window = fields.String(required=True, validate=WINDOW)
     metadata = fields.Dict(
         keys=fields.String(validate=validate.Length(min=1, max=64)),
         values=fields.String(validate=validate.Length(max=512)),

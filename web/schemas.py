@@ -6,7 +6,12 @@ from typing import Any
 
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, pre_load, validate
 
+from batchsvc import bounded_json
 from batchsvc.access import ROLE_NAMES, TENANT_PATTERN, TENANT_RULE
+from batchsvc.pipeline.submit import WINDOW_PATTERN
+
+# A completion window's shape; its length is bounded by submit_job (max_completion_window_s).
+WINDOW = validate.Regexp(WINDOW_PATTERN, error="a number and a unit: s, m, h or d (e.g. '24h')")
 
 
 class JobMetadataSchema(Schema):
@@ -29,7 +34,7 @@ class SubmitBatchSchema(Schema):
     webhook_url = fields.String(validate=validate.Length(min=1, max=2048))
     metadata = fields.Nested(JobMetadataSchema, load_default=dict)
     # When unanswered requests expire (finished ones are kept), e.g. "24h"; none by default.
-    completion_window = fields.String(validate=validate.Regexp(r"^[1-9][0-9]*[smhd]$"))
+    completion_window = fields.String(validate=WINDOW)
 
 
 class SubmitBatchFormSchema(SubmitBatchSchema):
@@ -41,15 +46,13 @@ class SubmitBatchFormSchema(SubmitBatchSchema):
 
     @pre_load
     def _decode_metadata(self, data: Any, **_: Any) -> Any:
-        import json
-
         data = dict(data)
         raw = data.get("metadata")
         if isinstance(raw, str):
             try:
-                data["metadata"] = json.loads(raw) if raw.strip() else {}
-            except ValueError:
-                raise ValidationError({"metadata": ["must be a JSON object"]}) from None
+                data["metadata"] = bounded_json.loads(raw) if raw.strip() else {}
+            except bounded_json.JSONRefused as exc:
+                raise ValidationError({"metadata": [f"must be a JSON object ({exc})"]}) from None
         return data
 
 
@@ -81,10 +84,15 @@ class TenantPolicySchema(Schema):
     class Meta:
         unknown = RAISE
 
-    max_active_jobs = fields.Integer(allow_none=True, validate=validate.Range(min=1))
-    max_queued_requests = fields.Integer(allow_none=True, validate=validate.Range(min=1))
-    rate_limit = fields.String(allow_none=True, validate=lambda value: _check_rate_limit(value))
-    ip_allowlist = fields.List(fields.String(validate=validate.Length(max=64)), allow_none=True)
+    # Bounded so a stored policy always fits the job store's 64-bit integers.
+    max_active_jobs = fields.Integer(allow_none=True, validate=validate.Range(min=1, max=1_000_000))
+    max_queued_requests = fields.Integer(allow_none=True, validate=validate.Range(min=1, max=10**12))
+    rate_limit = fields.String(
+        allow_none=True, validate=[validate.Length(max=200), lambda value: _check_rate_limit(value)]
+    )
+    ip_allowlist = fields.List(
+        fields.String(validate=validate.Length(max=64)), allow_none=True, validate=validate.Length(max=1000)
+    )
 
 
 def _check_rate_limit(value: str) -> None:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from batchsvc.errors import without_server_paths
 from batchsvc.inference.models import EngineKind, ModelSpec
 from batchsvc.inference.outputs import CHAT_URL, Choice, RequestFailure, TokenLogprob
 from batchsvc.inference.sampling import EngineOptions, engine_options
@@ -175,7 +176,7 @@ def _token_logprobs(completion: Any, top_k: int) -> tuple[TokenLogprob, ...] | N
 
 
 def _failure_from(exc: Exception) -> RequestFailure:
-    message = str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
+    message = without_server_paths(str(exc).splitlines()[0][:500]) if str(exc) else type(exc).__name__
     # vLLM words this two ways: a cheap character bound before tokenizing, and
     # the exact token count after.
     too_long = "maximum context length" in message or "maximum model length" in message

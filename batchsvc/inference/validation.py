@@ -16,6 +16,7 @@ every problem it finds and is reused by the engine adapter as a second check.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -40,6 +41,7 @@ MAX_ECHO_CHARS = 100
 # Long lines are skipped in chunks of this size so they never sit in memory.
 _DRAIN_CHUNK_BYTES = 64 * 1024
 _UTF8_BOM = b"\xef\xbb\xbf"
+_LINE_SLACK = len(_UTF8_BOM) + len(b"\r\n")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
@@ -374,7 +376,8 @@ class _BodyRules:
         if not isinstance(model, str):
             yield _Problem("body.model", "must be a string")
         elif model not in self.model_names:
-            expected = " or ".join(f"'{name}'" for name in sorted(self.model_names))
+            # A local model's name is a server path: the message names the others only.
+            expected = " or ".join(f"'{name}'" for name in sorted(self.model_names) if not os.path.isabs(name))
             yield _Problem(
                 "body.model",
                 f"model '{_clip(model)}' is not this batch's model ({expected})",
@@ -441,22 +444,20 @@ class BatchValidator:
         first_seen: dict[bytes, int] = {}
         line_number = 0
         while True:
-            chunk = stream.readline(self.max_line_bytes + 1)
+            # Room for a BOM and a CRLF around a line of exactly max_line_bytes.
+            chunk = stream.readline(self.max_line_bytes + _LINE_SLACK)
             if not chunk:
                 break
             line_number += 1
             report.bytes_read += len(chunk)
-            too_long = len(chunk) > self.max_line_bytes and not chunk.endswith(b"\n")
-            if too_long:
+            raw = input_line(chunk, first=line_number == 1)
+            too_long = len(raw) > self.max_line_bytes
+            if too_long and not chunk.endswith(b"\n"):
                 report.bytes_read += self._skip_rest_of_line(stream)
             if report.bytes_read > self.max_file_bytes:
                 message = f"file exceeds max_file_bytes={self.max_file_bytes}"
                 self._record(LineError(None, ErrorCode.FILE_TOO_LARGE, message))
                 return
-            raw = _strip_newline(chunk)
-            if line_number == 1:
-                # Editors on Windows like to add a BOM, which JSON forbids.
-                raw = raw.removeprefix(_UTF8_BOM)
             if not too_long and not raw.strip():
                 continue
             if report.total_lines >= self.max_lines:
@@ -552,12 +553,16 @@ class BatchValidator:
         return None
 
 
-def _strip_newline(chunk: bytes) -> bytes:
+def input_line(chunk: bytes, *, first: bool) -> bytes:
+    """A line of an input file as its request: without its LF or CRLF, and, on
+    the first line, without the BOM Windows editors like to add (JSON forbids it).
+    Every reader of input files (validation, the retry of failed requests) reads
+    lines through this, so they cannot disagree about what a line holds."""
     if chunk.endswith(b"\r\n"):
-        return chunk[:-2]
-    if chunk.endswith(b"\n"):
-        return chunk[:-1]
-    return chunk
+        chunk = chunk[:-2]
+    elif chunk.endswith(b"\n"):
+        chunk = chunk[:-1]
+    return chunk.removeprefix(_UTF8_BOM) if first else chunk
 
 
 def _is_utf8(data: bytes) -> bool:

@@ -17,6 +17,7 @@ from typing import BinaryIO
 import orjson
 
 from batchsvc.errors import ErrorType, JobNotFound, ServiceError
+from batchsvc.inference.validation import input_line
 from batchsvc.services import Services
 from batchsvc.storage import layout
 from batchsvc.storage.base import ObjectNotFound
@@ -118,8 +119,9 @@ def failed_requests_file(svc: Services, job: Job, out: BinaryIO) -> int:
         failed = {orjson.loads(raw)["custom_id"] for raw in errors if raw.strip()}
     written = 0
     with svc.storage.open(job.input_key) as source:
-        for raw in source:
+        for number, chunk in enumerate(source, 1):
+            raw = input_line(chunk, first=number == 1)
             if raw.strip() and orjson.loads(raw).get("custom_id") in failed:
-                out.write(raw if raw.endswith(b"\n") else raw + b"\n")
+                out.write(raw + b"\n")
                 written += 1
     return written

@@ -54,21 +54,35 @@ class CappedReader:
         return self.lines + (0 if self._last == b"\n" else 1)
 
 
-_WINDOW = re.compile(r"^([1-9][0-9]*)([smhd])$")
+# The one spelling of a completion window, for the schemas and for window_seconds:
+# a number of at most 9 digits and a unit, so it is bounded before it is converted.
+WINDOW_PATTERN = r"^([1-9][0-9]{0,8})([smhd])$"
+_WINDOW = re.compile(WINDOW_PATTERN)
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def window_seconds(window: str) -> int:
+def window_seconds(window: str, max_seconds: int) -> int:
     """'24h' -> 86400. OpenAI only offers 24h; shorter windows serve tests and
-    urgent jobs, longer ones very large files."""
+    urgent jobs, longer ones (up to `max_seconds`) very large files."""
     match = _WINDOW.match(window)
     if not match:
         raise ServiceError(
             ErrorType.VALIDATION,
-            f"completion_window {window!r} is not a duration like '24h'",
+            f"completion_window {window[:20]!r} is not a duration like '24h'",
             {"fields": {"completion_window": ["use a number and a unit: s, m, h or d (e.g. '24h')"]}},
         )
-    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds > max_seconds:
+        raise ServiceError(
+            ErrorType.VALIDATION,
+            f"completion_window {window!r} is longer than max_completion_window_s={max_seconds}",
+            {
+                "fields": {"completion_window": [f"at most {max_seconds} seconds"]},
+                "limit": "max_completion_window_s",
+                "max": max_seconds,
+            },
+        )
+    return seconds
 
 
 def _refuse_blocked_urls(svc: Services, **urls: str | None) -> None:
@@ -145,11 +159,13 @@ def submit_job(
     metadata: dict[str, Any] | None = None,
     endpoint: str | None = None,
     completion_window: str | None = None,
+    job_id: str | None = None,
 ) -> Job:
     """Record a job of `tenant` as queued and hand its id to `enqueue` (which
     sends the prepare task). The input is exactly one of: a URL to fetch, an
     upload to store now, or a file already uploaded through the Files API.
-    Past the tenant's quotas it answers 429 and keeps nothing."""
+    Past the tenant's quotas it answers 429 and keeps nothing. `job_id` is the
+    id to use when the caller has claimed one already (an idempotent retry)."""
     if sum(x is not None for x in (input_url, upload, input_file)) != 1:
         raise ServiceError(
             ErrorType.VALIDATION,
@@ -170,8 +186,12 @@ def submit_job(
     policy = svc.tenants.get(tenant)
     # A URL's size is known once fetched: prepare checks the queued-request quota then.
     check_quota(policy, svc.settings, svc.jobs, (input_file.lines or 0) if input_file else 0)
+    # Parsed (and bounded) before anything is stored: a stored window must render.
+    window_s = None
+    if completion_window is not None:
+        window_s = window_seconds(completion_window, svc.settings.max_completion_window_s)
     job = Job(
-        id=new_job_id(),
+        id=job_id or new_job_id(),
         tenant=tenant,
         model=model,
         webhook_url=webhook_url,
@@ -180,8 +200,8 @@ def submit_job(
         endpoint=endpoint,
         completion_window=completion_window,
     )
-    if completion_window is not None:
-        job.expires_at = job.created_at + window_seconds(completion_window)
+    if window_s is not None:
+        job.expires_at = job.created_at + window_s
     if input_file is not None:
         job.input_key = input_file.key
         job.input_file_id = input_file.id
