@@ -17,10 +17,10 @@ from batchsvc.access import DEFAULT_TENANT
 from batchsvc.outbound import webhooks
 from batchsvc.outbound.netguard import Allowlist
 from batchsvc.pipeline.finalize import finalize_job
-from batchsvc.pipeline.prepare import prepare_job
+from batchsvc.pipeline.prepare import answer_unstarted, prepare_job
 from batchsvc.pipeline.recovery import Redrive, redrive, stalled_jobs
 from batchsvc.pipeline.retention import expire_job_data
-from batchsvc.pipeline.shards import give_up_shard, run_shard
+from batchsvc.pipeline.shards import finished_shard, give_up_shard, run_shard
 from batchsvc.pipeline.submit import submit_job
 from batchsvc.services import Services, current_services
 from batchsvc.settings import get_settings
@@ -104,6 +104,10 @@ def prepare(self: Task, job_id: str) -> int:
     # Only the delivery that moves the job to in_progress starts the chord.
     if svc.jobs.transition(job_id, JobStatus.IN_PROGRESS, expect={JobStatus.VALIDATING}, in_progress_at=time.time()):
         start_chord(job_id, [s.index for s in manifest.shards])
+    elif svc.jobs.get(job_id).status is JobStatus.CANCELLING:
+        # Cancelled while it was validated: answered here, no LLM worker involved.
+        answer_unstarted(svc, manifest)
+        finalize.apply_async(([], job_id), queue=svc.settings.cpu_queue)
     return len(manifest.shards)
 
 
@@ -123,6 +127,12 @@ def shard(self: Task, job_id: str, index: int, tenant: str = DEFAULT_TENANT) -> 
     cap = svc.settings.shard_max_attempts
     counted, attempt = False, 0
     try:
+        finished = finished_shard(svc.storage, job, index)
+        if finished is not None:
+            # A duplicate delivery (a retry, a re-drive) of a shard that is done: harmless,
+            # and no start of it either.
+            log.info("shard %s/%d is already finished; duplicate delivery ignored", job_id, index)
+            return finished.to_dict()
         attempt = svc.jobs.shard_attempt(job_id, index)
         counted = True
         attempt -= _refunds(svc, job, index)
@@ -251,9 +261,10 @@ def sweep(self: Task) -> list[str]:
 
 
 @app.task(name=REDRIVE, bind=True, acks_late=True, max_retries=3, **_RETRY)
-def redrive_job(self: Task, job_id: str) -> dict:
-    """The operator's retry of one job (also reachable from Flower by name)."""
-    plan = redrive(current_services(), job_id, send_redrive)
+def redrive_job(self: Task, job_id: str, claimed: bool = False) -> dict:
+    """The operator's retry of one job (also reachable from Flower by name);
+    `claimed`: the API already holds the job's re-drive claim for this retry."""
+    plan = redrive(current_services(), job_id, send_redrive, claimed=claimed)
     return {"job_id": plan.job_id, "step": plan.step, "shards": plan.shards}
 
 

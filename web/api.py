@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,7 +13,8 @@ from batchsvc.errors import ErrorType, JobNotFound, ServiceError
 from batchsvc.pipeline import progress
 from batchsvc.pipeline.lifecycle import cancel_job
 from batchsvc.pipeline.partial import finished_lines
-from batchsvc.pipeline.recovery import failed_requests_file, plan_redrive, rebuild_job
+from batchsvc.pipeline.recovery import claim_redrive, plan_redrive, rebuild_job
+from batchsvc.pipeline.retries import retry_failed_requests
 from batchsvc.pipeline.submit import submit_job
 from batchsvc.services import Services
 from batchsvc.storage.base import InvalidDownloadToken, ObjectNotFound
@@ -263,31 +263,20 @@ def retry_batch(job_id: str) -> tuple[Response, int]:
     if job.status.terminal:
         raise ServiceError(ErrorType.CONFLICT, f"job is {job.status.value}; nothing to retry", {"job_id": job_id})
     plan = plan_redrive(svc, job)
-    current_app.extensions["celery"].send_task(REDRIVE, args=[job_id], queue=svc.settings.cpu_queue)
-    return jsonify({"job_id": job_id, "status": job.status.value, "step": plan.step, "shards": plan.shards}), 202
+    # One re-drive at a time however many ask: the others learn it is under way.
+    claimed = plan.step != "none" and claim_redrive(svc, job_id)
+    if claimed:
+        current_app.extensions["celery"].send_task(REDRIVE, args=[job_id, True], queue=svc.settings.cpu_queue)
+    body = {"job_id": job_id, "status": job.status.value, "step": plan.step, "shards": plan.shards, "sent": claimed}
+    return jsonify(body), 202
 
 
 def _retry_failed_requests(svc: Services, job: Job) -> tuple[Response, int]:
     """A new job of the same model holding only the failed requests of a
-    finished one (metadata.retry_of names it)."""
-    with tempfile.TemporaryFile() as retry_input:
-        count = failed_requests_file(svc, job, retry_input)
-        if count == 0:
-            raise ServiceError(ErrorType.CONFLICT, "no request of this job failed", {"job_id": job.id})
-        retry_input.seek(0)
-        metadata = {**job.metadata, "retry_of": job.id}
-        new = submit_job(
-            svc,
-            tenant=job.tenant,
-            model=job.model,
-            upload=retry_input,
-            webhook_url=job.webhook_url,
-            metadata=metadata,
-            endpoint=job.endpoint,
-            enqueue=enqueue_prepare(metadata),
-        )
-    body = {"job_id": new.id, "status": new.status.value, "retry_of": job.id, "requests": count}
-    return jsonify(body), 202
+    finished one (metadata.retry_of names it); asked again before it ends, the same one."""
+    retry = retry_failed_requests(svc, job, enqueue_prepare)
+    body = {"job_id": retry.job_id, "status": retry.status, "retry_of": job.id, "requests": retry.requests}
+    return jsonify(body), 202 if retry.created else 200
 
 
 @bp.post("/batch/<job_id>/cancel")

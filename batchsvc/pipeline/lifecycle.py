@@ -5,7 +5,12 @@ Neither interrupts a worker. A cancel moves the job to `cancelling`; a job's
 yet started notice before they start, and both answer their unanswered requests
 with error lines (`batch_cancelled`, `batch_expired`). The chord then finishes as
 usual, and finalize ends the job `cancelled` or `expired` with every finished
-result kept."""
+result kept.
+
+A job cancelled before it was sharded (queued, validating) is still validated:
+that is how its requests become known, so that each one is in the errors file as
+`batch_cancelled` (prepare answers them all on the cpu worker, no LLM worker
+involved). Its input failing validation ends it failed, with the line errors."""
 
 from __future__ import annotations
 
@@ -39,14 +44,12 @@ def stop_reason(job: Job, now: float | None = None) -> StopReason | None:
 
 
 def cancel_job(svc: Services, job_id: str) -> Job:
-    """Cancel a job. Before its shards exist it ends at once; once they run it
-    goes through `cancelling` while they stop. Cancelling twice is harmless."""
+    """Cancel a job: it goes through `cancelling` until every request of it is
+    answered (see the module's docstring). Cancelling twice is harmless."""
     now = time.time()
     jobs = svc.jobs
-    early = frozenset({JobStatus.QUEUED, JobStatus.VALIDATING})
-    if jobs.transition(job_id, JobStatus.CANCELLED, expect=early, cancelling_at=now, finished_at=now):
-        return jobs.get(job_id)
-    if jobs.transition(job_id, JobStatus.CANCELLING, expect={JobStatus.IN_PROGRESS}, cancelling_at=now):
+    cancellable = frozenset({JobStatus.QUEUED, JobStatus.VALIDATING, JobStatus.IN_PROGRESS})
+    if jobs.transition(job_id, JobStatus.CANCELLING, expect=cancellable, cancelling_at=now):
         return jobs.get(job_id)
     job = jobs.get(job_id)
     if job.status in (JobStatus.CANCELLING, JobStatus.CANCELLED):

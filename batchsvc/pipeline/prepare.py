@@ -13,6 +13,7 @@ from batchsvc.errors import ServiceError
 from batchsvc.inference.validation import DEFAULT_SUPPORTED_URLS, BatchRequest, BatchValidator
 from batchsvc.outbound.fetch import FetchError, fetch_to_storage
 from batchsvc.outbound.netguard import Allowlist
+from batchsvc.pipeline.shards import give_up_shard
 from batchsvc.services import Services
 from batchsvc.storage import layout
 from batchsvc.storage.base import ObjectNotFound, Storage
@@ -72,8 +73,18 @@ class ShardWriter:
         self.shards = []
 
 
+UNPREPARED = frozenset({JobStatus.QUEUED, JobStatus.VALIDATING, JobStatus.CANCELLING})
+
+
+def unprepared(job: Job) -> bool:
+    """Whether prepare still has to run: the job never went in_progress. A job
+    cancelled before then is prepared too: its requests must be known to be
+    answered batch_cancelled."""
+    return job.status in UNPREPARED and job.in_progress_at is None
+
+
 def fail_job(svc: Services, job_id: str, errors: list[dict], error_count: int) -> None:
-    if svc.jobs.fail(job_id, errors, error_count, expect=frozenset({JobStatus.QUEUED, JobStatus.VALIDATING})):
+    if svc.jobs.fail(job_id, errors, error_count, expect=UNPREPARED):
         log.info("job %s failed validation with %d error(s)", job_id, error_count)
 
 
@@ -94,7 +105,7 @@ def prepare_job(svc: Services, job_id: str) -> Manifest | None:
     failed validation (or was already prepared by an earlier delivery)."""
     settings = svc.settings
     job = svc.jobs.get(job_id)
-    if job.status not in (JobStatus.QUEUED, JobStatus.VALIDATING):
+    if not unprepared(job):
         log.info("job %s is %s; prepare has nothing to do", job_id, job.status.value)
         return None
     svc.jobs.transition(
@@ -160,3 +171,11 @@ def prepare_job(svc: Services, job_id: str) -> Manifest | None:
     svc.jobs.update(job_id, total=manifest.total, shard_count=len(shards))
     log.info("job %s: %d requests in %d shard(s)", job_id, manifest.total, len(shards))
     return manifest
+
+
+def answer_unstarted(svc: Services, manifest: Manifest) -> None:
+    """Answer every request of a job that stopped before its shards were sent
+    (cancelled while queued or validating) with the error line saying why, here
+    on the cpu worker; finalize then publishes them like any shard's."""
+    for shard in manifest.shards:
+        give_up_shard(svc, manifest.job_id, shard.index, None)

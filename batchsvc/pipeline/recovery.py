@@ -18,6 +18,7 @@ import orjson
 
 from batchsvc.errors import ErrorType, JobNotFound, ServiceError
 from batchsvc.inference.validation import input_line
+from batchsvc.pipeline.prepare import unprepared
 from batchsvc.services import Services
 from batchsvc.storage import layout
 from batchsvc.storage.base import ObjectNotFound
@@ -34,7 +35,7 @@ class Redrive:
 
 def plan_redrive(svc: Services, job: Job) -> Redrive:
     """What a job needs sent again to make progress."""
-    if job.status in (JobStatus.QUEUED, JobStatus.VALIDATING):
+    if unprepared(job):
         return Redrive(job.id, "prepare")
     if job.status is JobStatus.FINALIZING:
         return Redrive(job.id, "finalize")
@@ -65,13 +66,21 @@ def stalled_jobs(
         yield job
 
 
-def redrive(svc: Services, job_id: str, send: Callable[[Redrive], None]) -> Redrive:
-    """Send again what a job is missing (the operator's retry, and the sweeper's)."""
+def claim_redrive(svc: Services, job_id: str) -> bool:
+    """Whether this caller may re-drive the job now: one of any number of
+    concurrent retries (and the sweeper) is, and the work it sends gets a stall
+    period (stall_after_s) to show progress before it can be sent again."""
+    return svc.jobs.claim_redrive(job_id, svc.settings.stall_after_s)
+
+
+def redrive(svc: Services, job_id: str, send: Callable[[Redrive], None], *, claimed: bool = False) -> Redrive:
+    """Send again what a job is missing (the operator's retry, and the sweeper's),
+    unless another re-drive of it holds the claim (`claimed`: the caller holds it)."""
     job = svc.jobs.get(job_id)
     if job.status.terminal:
         raise ServiceError(ErrorType.CONFLICT, f"job is {job.status.value}; nothing to retry", {"job_id": job_id})
     plan = plan_redrive(svc, job)
-    if plan.step != "none":
+    if plan.step != "none" and (claimed or claim_redrive(svc, job_id)):
         svc.jobs.update(job_id, last_progress_at=time.time())  # the next sweep waits a full period again
         send(plan)
     return plan

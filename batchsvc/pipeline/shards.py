@@ -184,6 +184,14 @@ class ShardRun:
         return summary
 
 
+def finished_shard(storage: Storage, job: layout.JobRef, index: int) -> ShardSummary | None:
+    """The summary of a shard that is done, or None."""
+    try:
+        return ShardSummary.load(storage, job, index)
+    except ObjectNotFound:
+        return None
+
+
 def _shard_run(svc: Services, job_id: str, index: int) -> ShardRun | ShardSummary:
     job = svc.jobs.get(job_id)
     try:
@@ -206,9 +214,10 @@ def run_shard(
     return run.execute(engine_for(run.spec))
 
 
-def give_up_shard(svc: Services, job_id: str, index: int, reason: str) -> ShardSummary:
+def give_up_shard(svc: Services, job_id: str, index: int, reason: str | None) -> ShardSummary:
     """Finish a shard that cannot run: keep what its checkpoints hold and turn the
-    rest into error lines, so every request still appears once in the results."""
+    rest into error lines, so every request still appears once in the results.
+    `reason` None answers with the job's own stop reason (cancelled, expired)."""
     run = _shard_run(svc, job_id, index)
     if isinstance(run, ShardSummary):
         return run

@@ -202,6 +202,29 @@ return 0
 """
 
 
+# The one retry job of a finished job's failed requests: keep the recorded one
+# while it is being created (no record yet) or still runs; otherwise record ours,
+# for `pending_ms` until the caller confirms it (a caller that died lets it lapse).
+_CLAIM_FOLLOW_UP = """
+local current = redis.call('GET', KEYS[1])
+if current then
+    local status = redis.call('HGET', ARGV[3] .. current, 'status')
+    if not status then return {current, 0} end
+    if not (status == '"completed"' or status == '"failed"' or status == '"cancelled"' or status == '"expired"') then
+        return {current, 0}
+    end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return {ARGV[1], 1}
+"""
+
+# Forget a claim, only if it is still ours.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
 class ActiveLimitReached(Exception):
     def __init__(self, tenant: str, limit: int):
         super().__init__(f"tenant {tenant!r} already has {limit} active jobs")
@@ -217,6 +240,8 @@ class JobStore:
         self._transition = client.register_script(_TRANSITION)
         self._set_once = client.register_script(_SET_ONCE)
         self._create = client.register_script(_CREATE)
+        self._claim_follow_up = client.register_script(_CLAIM_FOLLOW_UP)
+        self._release = client.register_script(_RELEASE)
 
     # --- keys ---
     def _key(self, job_id: str) -> str:
@@ -377,6 +402,27 @@ class JobStore:
     def mark_started(self, job_id: str, when: float) -> None:
         """Record when the first shard began; later shards leave it alone."""
         self.set_once(job_id, "started_at", when)
+
+    # --- operator actions, once each ---
+    def claim_retry(self, job_id: str, candidate: str, pending_s: float = 60) -> tuple[str, bool]:
+        """The id of the job retrying `job_id`'s failed requests, and whether the
+        caller must create it (as `candidate`): True for exactly one caller at a
+        time, until that job ends. Confirm with confirm_retry once it exists."""
+        key = f"{self._key(job_id)}:retry_job"
+        found, mine = self._claim_follow_up(keys=[key], args=[candidate, int(pending_s * 1000), f"{self.prefix}:job:"])
+        return found.decode(), bool(mine)
+
+    def confirm_retry(self, job_id: str) -> None:
+        self.redis.persist(f"{self._key(job_id)}:retry_job")
+
+    def release_retry(self, job_id: str, candidate: str) -> None:
+        """Give up a claim whose job could not be created (a quota, an outage)."""
+        self._release(keys=[f"{self._key(job_id)}:retry_job"], args=[candidate])
+
+    def claim_redrive(self, job_id: str, hold_s: float) -> bool:
+        """True for one caller per `hold_s`: a re-drive is given that long to show
+        progress before another may send the same work again."""
+        return bool(self.redis.set(f"{self._key(job_id)}:redrive", b"1", nx=True, px=int(hold_s * 1000)))
 
     # --- estimates ---
     def model_rate(self, alias: str) -> float | None:
