@@ -13,7 +13,8 @@ from typing import Any
 
 import orjson
 
-from tasks.celery_app import SHARD, create_celery, llm_queue
+from tasks.celery_app import create_celery
+from tasks.names import SHARD, llm_queue
 from tests.support.client import upload
 from tests.support.invariants import INSTANT_MODEL, fetch, instant_requests, lines_of
 from tests.support.stack import Stack, wait_until
