@@ -22,7 +22,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from batchsvc.client.cli import main as batchsvc_cli
 from batchsvc.settings import PROJECT_ROOT
 
-DOCS = sorted((PROJECT_ROOT / "docs" / "runbooks").glob("*.md")) + [PROJECT_ROOT / "docs" / "deployment.md"]
+DOCS = [*sorted((PROJECT_ROOT / "docs" / "runbooks").glob("*.md")), PROJECT_ROOT / "docs" / "deployment.md"]
 RUNBOOKS = {"stuck-job", "worker-crash-loop", "redis-restart", "storage-outage", "rotate-secrets", "add-gpus",
             "restore-from-backup", "switch-model"}  # fmt: skip
 # Programs that are not this project's: their own documentation vouches for them.
@@ -138,7 +138,7 @@ def check(line: str, app: Flask) -> None:
     else:
         assert program in OUTSIDE, f"unknown program {program!r}: add it to OUTSIDE if it is not ours"
     if program == "kubectl":
-        for name in re.findall(r"deploy/([\w-]+)", line):
+        for name in re.findall(r"(?:^|\s)deploy/([\w-]+)(?=\s|$)", line):
             assert name in deployments(), f"no Deployment {name} in deploy/k8s/"
 
 
@@ -176,9 +176,7 @@ def test_the_check_refuses_what_is_not_real(app: Flask, line: str) -> None:
 
 
 def test_every_metric_named_is_exported() -> None:
-    sources = " ".join(
-        p.read_text() for d in ("web", "tasks", "batchsvc") for p in (PROJECT_ROOT / d).rglob("*.py")
-    )
+    sources = " ".join(p.read_text() for d in ("web", "tasks", "batchsvc") for p in (PROJECT_ROOT / d).rglob("*.py"))
     rules = PROJECT_ROOT / "configs" / "prometheus"
     if rules.exists():
         sources += " ".join(p.read_text() for p in rules.rglob("*.y*ml"))
