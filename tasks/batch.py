@@ -20,7 +20,7 @@ from batchsvc.pipeline.finalize import finalize_job
 from batchsvc.pipeline.prepare import answer_unstarted, prepare_job
 from batchsvc.pipeline.recovery import Redrive, redrive, stalled_jobs
 from batchsvc.pipeline.retention import expire_job_data
-from batchsvc.pipeline.shards import finished_shard, give_up_shard, run_shard
+from batchsvc.pipeline.shards import finish_reused_shards, finished_shard, give_up_shard, run_shard
 from batchsvc.pipeline.submit import submit_job
 from batchsvc.services import Services, current_services
 from batchsvc.settings import get_settings
@@ -103,7 +103,11 @@ def prepare(self: Task, job_id: str) -> int:
         return 0
     # Only the delivery that moves the job to in_progress starts the chord.
     if svc.jobs.transition(job_id, JobStatus.IN_PROGRESS, expect={JobStatus.VALIDATING}, in_progress_at=time.time()):
-        start_chord(job_id, [s.index for s in manifest.shards])
+        to_run = finish_reused_shards(svc, manifest)  # all answers reused: no engine needed
+        if to_run:
+            start_chord(job_id, to_run)
+        else:
+            finalize.apply_async(([], job_id), queue=svc.settings.cpu_queue)
     elif svc.jobs.get(job_id).status is JobStatus.CANCELLING:
         # Cancelled while it was validated: answered here, no LLM worker involved.
         answer_unstarted(svc, manifest)

@@ -11,6 +11,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
 from batchsvc.access import Role, check_tenant
 from batchsvc.errors import ErrorType, JobNotFound, ServiceError
 from batchsvc.pipeline import progress
+from batchsvc.pipeline.costs import cost_report, job_usage
 from batchsvc.pipeline.lifecycle import cancel_job
 from batchsvc.pipeline.partial import finished_lines
 from batchsvc.pipeline.recovery import claim_redrive, plan_redrive, rebuild_job
@@ -19,7 +20,7 @@ from batchsvc.pipeline.submit import submit_job
 from batchsvc.services import Services
 from batchsvc.storage.base import InvalidDownloadToken, ObjectNotFound
 from batchsvc.storage.local import LocalStorage
-from batchsvc.store.jobs import Job, JobStatus, is_job_id, job_priority
+from batchsvc.store.jobs import Counts, Job, JobStatus, is_job_id, job_priority
 from tasks.names import PREPARE, REDRIVE, celery_priority
 from web.audit import audited
 from web.auth import current_key, requires, visible_job, visible_tenant
@@ -101,6 +102,9 @@ def submit_batch() -> tuple[Response, int]:
             webhook_url=args.get("webhook_url"),
             metadata=metadata,
             completion_window=args.get("completion_window"),
+            reuse=args.get("reuse"),
+            reuse_from=args.get("reuse_from"),
+            force=args["force"],
             enqueue=enqueue_prepare(metadata),
         )
     finally:
@@ -114,6 +118,22 @@ def submit_batch() -> tuple[Response, int]:
         "estimated_completion": iso(job.estimated_completion),
     }
     return jsonify(body), 202
+
+
+def usage_and_cost(job: Job, counts: Counts) -> dict[str, Any]:
+    usage = job_usage(job, counts)
+    stats = job.stats or {}
+    return {
+        "usage": {
+            "input_tokens": usage.input_tokens,
+            "cached_tokens": usage.cached_tokens,
+            "output_tokens": usage.output_tokens,
+            "total_tokens": usage.total_tokens,
+        },
+        "reused": stats.get("reused", 0),
+        "engine_seconds": stats.get("engine_seconds"),
+        "cost": stats.get("cost"),
+    }
 
 
 def job_view(svc: Services, job: Job) -> dict[str, Any]:
@@ -149,6 +169,9 @@ def job_view(svc: Services, job: Job) -> dict[str, Any]:
         "estimated_completion": iso(estimated) if active else None,
         "expires_at": iso(job.expires_at),
         "metadata": job.metadata,
+        **usage_and_cost(job, counts),
+        "reuse_from": job.reuse_from or [],
+        "reproducibility": job.reproducibility,
     }
     if job.errors:
         view["errors"] = job.errors
@@ -156,6 +179,21 @@ def job_view(svc: Services, job: Job) -> dict[str, Any]:
     if job.data_expired_at is not None:
         view["data_expired_at"] = iso(job.data_expired_at)
     return view
+
+
+@bp.get("/reports/costs")
+def report_costs() -> Response:
+    """Per model, over the caller's completed jobs (an admin's: all tenants')
+    created at or after `?since=` (unix seconds): measured req/s, the time and
+    cost of 170K requests at that rate, and what was spent."""
+    raw = request.args.get("since")
+    try:
+        since = float(raw) if raw else None
+    except ValueError:
+        raise ServiceError(
+            ErrorType.VALIDATION, "since must be unix seconds", {"fields": {"since": ["a number"]}}
+        ) from None
+    return jsonify({"data": cost_report(services(), visible_tenant(), since), "since": iso(since)})
 
 
 @bp.get("/batch/<job_id>")

@@ -13,6 +13,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from batchsvc.access import Role
 from batchsvc.errors import ErrorType, ServiceError
+from batchsvc.pipeline.costs import Usage, job_usage
 from batchsvc.pipeline.lifecycle import cancel_job
 from batchsvc.pipeline.submit import model_of_first_line, store_upload, submit_job
 from batchsvc.services import Services
@@ -166,12 +167,23 @@ _FINISHED_AT = {
 }
 
 
+def _usage(usage: Usage) -> dict[str, Any]:
+    """OpenAI's batch usage shape (reasoning tokens are not told apart here)."""
+    return {
+        "input_tokens": usage.input_tokens,
+        "input_tokens_details": {"cached_tokens": usage.cached_tokens},
+        "output_tokens": usage.output_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": usage.total_tokens,
+    }
+
+
 def batch_object(svc: Services, job: Job) -> dict[str, Any]:
     """A job as an OpenAI batch object."""
+    counts = svc.jobs.counts(job.id)
     if job.stats is not None:  # finalize merged the outputs: the exact figures
         completed, failed = job.stats["successful"], job.stats["failed"]
     else:
-        counts = svc.jobs.counts(job.id)
         completed, failed = counts.completed, counts.failed
     errors = None
     if job.errors:
@@ -195,6 +207,7 @@ def batch_object(svc: Services, job: Job) -> dict[str, Any]:
         "cancelling_at": unix(job.cancelling_at),
         "request_counts": {"total": job.total or 0, "completed": completed, "failed": failed},
         "metadata": job.metadata,
+        "usage": _usage(job_usage(job, counts)),
     }
     for status, name in _FINISHED_AT.items():
         body[name] = unix(job.finished_at) if job.status is status else None

@@ -35,6 +35,10 @@ class SubmitBatchSchema(Schema):
     metadata = fields.Nested(JobMetadataSchema, load_default=dict)
     # When unanswered requests expire (finished ones are kept), e.g. "24h"; none by default.
     completion_window = fields.String(validate=WINDOW)
+    # Answer requests identical to those of earlier jobs from their results (batchsvc/pipeline/reuse.py).
+    reuse = fields.String(validate=validate.OneOf(["latest"]))
+    reuse_from = fields.List(fields.String(validate=validate.Length(max=64)), validate=validate.Length(max=20))
+    force = fields.Boolean(load_default=False)  # reuse nothing
 
 
 class SubmitBatchFormSchema(SubmitBatchSchema):
@@ -53,6 +57,8 @@ class SubmitBatchFormSchema(SubmitBatchSchema):
                 data["metadata"] = bounded_json.loads(raw) if raw.strip() else {}
             except bounded_json.JSONRefused as exc:
                 raise ValidationError({"metadata": [f"must be a JSON object ({exc})"]}) from None
+        if isinstance(data.get("reuse_from"), str):  # a form field: ids separated by commas
+            data["reuse_from"] = [i.strip() for i in data["reuse_from"].split(",") if i.strip()]
         return data
 
 

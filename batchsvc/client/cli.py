@@ -5,6 +5,7 @@
     batchsvc results ID -o FILE [--errors FILE] [--partial]
     batchsvc cancel ID                         prints the job's new status
     batchsvc list [--limit N] [--after ID]     a table of jobs, newest first
+    batchsvc report costs [--since 7d]         per model: req/s, time and cost of 170K requests
 
 Admin keys also manage keys and tenants:
     batchsvc keys create --tenant T --role viewer|submitter|admin [--name N]   prints the key, once
@@ -271,6 +272,60 @@ def _table(rows: Sequence[tuple[str, ...]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+_SINCE = {"m": 60, "h": 3600, "d": 86400}
+
+
+def since_seconds(value: str, now: float | None = None) -> float:
+    """'7d', '12h', '30m' (ago) or an ISO date/time (UTC if it names no zone) -> unix seconds."""
+    from datetime import UTC, datetime
+
+    now = time.time() if now is None else now
+    if value[:-1].isdigit() and value[-1:] in _SINCE:
+        return now - int(value[:-1]) * _SINCE[value[-1]]
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter("use 7d, 12h, 30m or an ISO date like 2026-12-01") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def _cell(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}" if isinstance(value, float) else f"{value:,}"
+
+
+@main.group()
+def report() -> None:
+    """Reports over finished jobs."""
+
+
+@report.command("costs")
+@click.option("--since", default=None, help="7d, 12h, 30m or an ISO date (default: all jobs)")
+@click.pass_obj
+def report_costs(client: Client, since: str | None) -> None:
+    """Per model: measured req/s, the time and cost of 170K requests, and what was spent."""
+    params = {"since": repr(since_seconds(since))} if since else None
+    rows = [("MODEL", "JOBS", "REQUESTS", "REUSED", "ENGINE_S", "REQ/S", "TIME_170K", "COST_170K", "$/GPU-H", "SPENT")]
+    for row in client.call("GET", "/v1/reports/costs", params=params)["data"]:
+        hours = row["hours_for_170k"]
+        rows.append(
+            (
+                row["model"],
+                _cell(row["jobs"]),
+                _cell(row["requests"]),
+                _cell(row["reused"]),
+                _cell(row["engine_seconds"], 1),
+                _cell(row["req_per_sec"], 1),
+                _clock(hours * 3600) if hours is not None else "-",
+                _cell(row["cost_for_170k"], 4),
+                _cell(row["gpu_hour_price"]),
+                _cell(row["cost"], 6),
+            )
+        )
+    _table(rows)
 
 
 @main.group()

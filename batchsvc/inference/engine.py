@@ -33,6 +33,7 @@ class EngineRequest:
     custom_id: str
     url: str
     body: dict[str, Any]
+    fingerprint: str | None = None  # batchsvc/inference/fingerprint.py; prepare computes it
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class EngineResult:
     latency_s: float = 0.0
     failure: RequestFailure | None = None
     attempts: int = 1  # more than one when the engine failed it and it was run again
+    cached_tokens: int = 0  # prompt tokens found in the prefix cache
 
 
 class Engine(Protocol):
@@ -148,7 +150,9 @@ class VLLMEngine:
             Choice(c.index, c.text, c.finish_reason, len(c.token_ids), _token_logprobs(c, top_k))
             for c in sorted(output.outputs, key=_index)
         ]
-        return EngineResult(request.custom_id, choices, len(output.prompt_token_ids or ()), latency, attempts=attempt)
+        cached = int(getattr(output, "num_cached_tokens", 0) or 0)
+        prompt_tokens = len(output.prompt_token_ids or ())
+        return EngineResult(request.custom_id, choices, prompt_tokens, latency, attempts=attempt, cached_tokens=cached)
 
     def close(self) -> None:
         del self.llm

@@ -42,6 +42,9 @@ class ModelSpec:
     expected_req_per_sec: float = 5.0
     # Runs of one request when vLLM finishes it with its retryable "error" reason.
     request_max_attempts: int = 3
+    # What an hour of the GPU (the worker) running this model costs; a job's cost is its
+    # engine-seconds at this price. None: no cost is reported.
+    gpu_hour_price: float | None = None
 
     @property
     def names(self) -> set[str]:

@@ -85,6 +85,7 @@ def completion_body(
     model: str,
     choices: list[Choice],
     prompt_tokens: int,
+    cached_tokens: int = 0,
     created: int | None = None,
 ) -> dict[str, Any]:
     """A `chat.completion` or `text_completion` response body, as OpenAI shapes it."""
@@ -94,6 +95,8 @@ def completion_body(
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        # Prompt tokens the engine's prefix cache already held (vLLM's num_cached_tokens).
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
     }
     digest = _digest(job_id, custom_id)
     if url == CHAT_URL:
@@ -167,6 +170,17 @@ def rejected_line(job_id: str, custom_id: str, failure: RequestFailure, attempts
     )
 
 
+def reused_line(job_id: str, custom_id: str, source: dict[str, Any], source_job_id: str) -> dict[str, Any]:
+    """The answer of an identical request (same fingerprint) of an earlier job,
+    as this job's line: its own ids and custom_id, marked with where it came from."""
+    line_id, request_id = line_ids(job_id, custom_id)
+    response = {**source["response"], "request_id": request_id}
+    line = {"id": line_id, "custom_id": custom_id, "response": response, "error": None}
+    line["fingerprint"] = source["fingerprint"]
+    line["reused_from"] = source_job_id
+    return line
+
+
 def not_run_line(job_id: str, custom_id: str, code: str, message: str) -> dict[str, Any]:
     """The request never got a response (shard lost, job cancelled or expired)."""
     line_id, _ = line_ids(job_id, custom_id)
@@ -179,8 +193,10 @@ class Tally:
 
     succeeded: int = 0
     failed: int = 0
-    prompt_tokens: int = 0
+    prompt_tokens: int = 0  # of the lines this job computed: a reused line counts in `reused` only
     completion_tokens: int = 0
+    cached_tokens: int = 0
+    reused: int = 0
     latency_sum: float = 0.0  # seconds, over the successes whose latency is known
     latency_count: int = 0  # ... and how many those are (not lines read back from a checkpoint)
 
@@ -190,9 +206,14 @@ class Tally:
             self.failed += 1
             return False
         self.succeeded += 1
+        if line.get("reused_from"):
+            self.reused += 1
+            return True
         p, c = usage_of(line)
         self.prompt_tokens += p
         self.completion_tokens += c
+        details = line["response"]["body"].get("usage", {}).get("prompt_tokens_details") or {}
+        self.cached_tokens += int(details.get("cached_tokens") or 0)
         if latency is not None:
             self.latency_sum += latency
             self.latency_count += 1

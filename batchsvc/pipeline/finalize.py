@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from batchsvc.inference import outputs
+from batchsvc.pipeline.costs import cost_of
 from batchsvc.pipeline.lifecycle import EXPIRED_CODE, final_status
 from batchsvc.pipeline.recovery import save_job_record
 from batchsvc.pipeline.shards import iter_lines
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class MergeStats(outputs.Tally):
     expired: int = 0  # requests that never ran because the completion window ended
+    engine_requests: int = 0  # sent to the engine, summed over shards
+    engine_seconds: float = 0.0  # time the shards held the engine, summed
 
     def to_dict(self) -> dict[str, Any]:
         avg = round(self.latency_sum / self.latency_count, 4) if self.latency_count else None
@@ -39,6 +42,10 @@ class MergeStats(outputs.Tally):
             "avg_response_time": avg,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
+            "cached_tokens": self.cached_tokens,
+            "reused": self.reused,
+            "engine_requests": self.engine_requests,
+            "engine_seconds": round(self.engine_seconds, 3),
         }
 
 
@@ -51,6 +58,8 @@ def merge_outputs(storage: Storage, manifest: Manifest, results_path: Path, erro
             # Latencies live in the summaries, not the lines.
             stats.latency_sum += summary.latency_sum
             stats.latency_count += summary.latency_count
+            stats.engine_requests += summary.engine_requests
+            stats.engine_seconds += summary.engine_seconds
             for raw in iter_lines(storage, summary.output_key):
                 line = orjson.loads(raw)
                 if stats.add(line):
@@ -98,7 +107,7 @@ def finalize_job(svc: Services, job_id: str) -> Job:
         final_status(was, stats.expired),
         expect={JobStatus.FINALIZING, JobStatus.CANCELLING},
         finished_at=now,
-        stats=stats.to_dict(),
+        stats={**stats.to_dict(), "cost": cost_of(stats.engine_seconds, svc.models.get(job.model))},
         results_key=layout.results_key(job),
         errors_key=layout.errors_key(job),
         output_file_id=output_file.id,
@@ -107,8 +116,10 @@ def finalize_job(svc: Services, job_id: str) -> Job:
     )
     save_job_record(svc, job_id)
     job = svc.jobs.get(job_id)
-    if job.status is JobStatus.COMPLETED and job.started_at is not None and now > job.started_at and stats.total:
-        svc.jobs.record_model_rate(job.model, stats.total / (now - job.started_at))
+    # The rate estimates are made from: requests the engine ran (reused ones take no time).
+    ran = stats.engine_requests
+    if job.status is JobStatus.COMPLETED and job.started_at is not None and now > job.started_at and ran:
+        svc.jobs.record_model_rate(job.model, ran / (now - job.started_at))
     log.info("job %s %s: %s", job_id, job.status.value, stats.to_dict())
     return job
 

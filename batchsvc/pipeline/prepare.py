@@ -9,11 +9,17 @@ import time
 from pathlib import Path
 from typing import BinaryIO
 
+import orjson
+
 from batchsvc.errors import ServiceError
+from batchsvc.inference import outputs
+from batchsvc.inference.fingerprint import request_fingerprint
+from batchsvc.inference.provenance import reproducibility_record
 from batchsvc.inference.validation import DEFAULT_SUPPORTED_URLS, BatchRequest, BatchValidator
 from batchsvc.outbound.fetch import FetchError, fetch_to_storage
 from batchsvc.outbound.netguard import Allowlist
 from batchsvc.pipeline.shards import give_up_shard
+from batchsvc.pipeline.reuse import reuse_index
 from batchsvc.services import Services
 from batchsvc.storage import layout
 from batchsvc.storage.base import ObjectNotFound, Storage
@@ -23,10 +29,17 @@ from batchsvc.store.tenants import check_queued_requests
 
 log = logging.getLogger(__name__)
 
+REUSED_PART = "reused"  # the run name of the checkpoint part that holds a shard's reused answers
+
 
 class ShardWriter:
     """Collects valid request lines into shard files of `shard_size` lines and
-    uploads each one as soon as it is full, so only one shard sits on local disk."""
+    uploads each one as soon as it is full, so only one shard sits on local disk.
+
+    Each line gets its fingerprint. A request answered from an earlier job is in
+    its shard too (so the shard's output keeps input order), and its answer goes
+    into the shard's first checkpoint part: the shard run takes it as done and
+    never sends it to the engine."""
 
     def __init__(self, storage: Storage, job: Job, shard_size: int, workdir: Path):
         self.storage = storage
@@ -35,16 +48,20 @@ class ShardWriter:
         self.workdir = workdir
         self.shards: list[ShardInfo] = []
         self._fh: BinaryIO | None = None
+        self._reused: list[bytes] = []
         self._count = 0
         self._first_line = 0
 
-    def add(self, request: BatchRequest) -> None:
+    def add(self, request: BatchRequest, fingerprint: str, reused: dict | None = None) -> None:
         if self._fh is None:
             self._fh = (self.workdir / "shard.jsonl").open("wb")
             self._count = 0
             self._first_line = request.line
-        self._fh.write(request.raw)
+        line = {"custom_id": request.custom_id, "url": request.url, "body": request.body, "fingerprint": fingerprint}
+        self._fh.write(orjson.dumps(line))
         self._fh.write(b"\n")
+        if reused is not None:
+            self._reused.append(orjson.dumps(reused))
         self._count += 1
         if self._count >= self.shard_size:
             self._flush()
@@ -57,8 +74,14 @@ class ShardWriter:
         self.storage.put_file(
             layout.shard_input_key(self.job, index), self.workdir / "shard.jsonl", "application/jsonl"
         )
-        self.shards.append(ShardInfo(index=index, count=self._count, first_line=self._first_line))
+        if self._reused:
+            key = layout.shard_part_key(self.job, index, 0, REUSED_PART)
+            self.storage.put_bytes(key, b"\n".join(self._reused) + b"\n", "application/jsonl")
+        self.shards.append(
+            ShardInfo(index=index, count=self._count, first_line=self._first_line, reused=len(self._reused))
+        )
         self._fh = None
+        self._reused = []
 
     def close(self) -> list[ShardInfo]:
         self._flush()
@@ -70,6 +93,7 @@ class ShardWriter:
             self._fh = None
         for shard in self.shards:
             self.storage.delete(layout.shard_input_key(self.job, shard.index))
+            self.storage.delete_prefix(layout.shard_parts_prefix(self.job, shard.index))
         self.shards = []
 
 
@@ -149,13 +173,23 @@ def prepare_job(svc: Services, job_id: str) -> Manifest | None:
         message = f"the input file {job.input_file_id or input_key!r} no longer exists"
         fail_job(svc, job_id, [job_error("input_missing", message, "input_file_id")], 1)
         return None
-    with tempfile.TemporaryDirectory(prefix="batchsvc-prepare-") as workdir, source as stream:
+    record = reproducibility_record(spec)
+    with (
+        tempfile.TemporaryDirectory(prefix="batchsvc-prepare-") as workdir,
+        source as stream,
+        reuse_index(svc, job.tenant, job.reuse_from or []) as reusable,
+    ):
         writer = ShardWriter(svc.storage, job, settings.shard_size, Path(workdir))
         for request in validator.iter_valid(stream):
             # Keep validating after the first error, to report up to N of them,
             # but stop writing shards: nothing of a bad file is ever run.
             if validator.report.error_count == 0:
-                writer.add(request)
+                fingerprint = request_fingerprint(spec, record["weights"], request.url, request.body)
+                found = reusable.answer(fingerprint)
+                reused = None
+                if found is not None:
+                    reused = outputs.reused_line(job_id, request.custom_id, found[1], found[0])
+                writer.add(request, fingerprint, reused)
         report = validator.report
         if not report.ok:
             writer.discard()
@@ -166,10 +200,13 @@ def prepare_job(svc: Services, job_id: str) -> Manifest | None:
     if job.input_url is not None and not _within_quota(svc, job, report.valid):
         writer.discard()
         return None
-    manifest = Manifest(job_id=job_id, model=job.model, total=report.valid, shards=shards, tenant=job.tenant)
+    manifest = Manifest(
+        job_id=job_id, model=job.model, total=report.valid, shards=shards, tenant=job.tenant, reproducibility=record
+    )
     manifest.save(svc.storage)
-    svc.jobs.update(job_id, total=manifest.total, shard_count=len(shards))
-    log.info("job %s: %d requests in %d shard(s)", job_id, manifest.total, len(shards))
+    svc.jobs.update(job_id, total=manifest.total, shard_count=len(shards), reproducibility=record)
+    reused_count = sum(s.reused for s in shards)
+    log.info("job %s: %d requests (%d reused) in %d shard(s)", job_id, manifest.total, reused_count, len(shards))
     return manifest
 
 

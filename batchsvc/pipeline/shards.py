@@ -27,7 +27,7 @@ from batchsvc.pipeline.lifecycle import StopReason, stop_reason
 from batchsvc.services import Services
 from batchsvc.storage import layout
 from batchsvc.storage.base import ObjectNotFound, Storage
-from batchsvc.storage.manifest import ShardSummary
+from batchsvc.storage.manifest import Manifest, ShardSummary
 from batchsvc.store.jobs import Counts, Job
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def read_shard_requests(storage: Storage, job: layout.JobRef, index: int) -> lis
         for raw in stream:
             if raw.strip():
                 item = orjson.loads(raw)
-                requests.append(EngineRequest(item["custom_id"], item["url"], item["body"]))
+                requests.append(EngineRequest(item["custom_id"], item["url"], item["body"], item.get("fingerprint")))
     return requests
 
 
@@ -68,8 +68,12 @@ def result_line(job_id: str, model: str, request: EngineRequest, result: EngineR
         model=model,
         choices=result.choices,
         prompt_tokens=result.prompt_tokens,
+        cached_tokens=result.cached_tokens,
     )
-    return outputs.success_line(job_id, request.custom_id, body, result.attempts)
+    line = outputs.success_line(job_id, request.custom_id, body, result.attempts)
+    if request.fingerprint:
+        line["fingerprint"] = request.fingerprint  # what a later job may reuse this answer by
+    return line
 
 
 class ShardRun:
@@ -88,6 +92,8 @@ class ShardRun:
         self._last_flush = time.monotonic()
         self._stop: StopReason | None = None
         self.run_id = secrets.token_hex(4)
+        self.engine_requests = 0  # sent to the engine by this run
+        self.engine_seconds = 0.0  # time this run held the engine
 
     def _flush(self) -> None:
         if self._buffer:
@@ -132,6 +138,8 @@ class ShardRun:
 
         reason = StopReason("shard_failed", give_up) if give_up else stop_reason(self.svc.jobs.get(self.job_id))
         if reason is None and engine is not None and todo:
+            self.engine_requests = len(todo)
+            engine_started = time.monotonic()
             results = engine.run(iter(todo))
             try:
                 for result in results:
@@ -143,6 +151,7 @@ class ShardRun:
                         break
             finally:
                 results.close()  # aborts what the engine still holds of this shard
+                self.engine_seconds = time.monotonic() - engine_started
         if reason is not None:
             for request in requests:
                 if request.custom_id not in self.done:
@@ -170,6 +179,10 @@ class ShardRun:
             failed=self.tally.failed,
             prompt_tokens=self.tally.prompt_tokens,
             completion_tokens=self.tally.completion_tokens,
+            cached_tokens=self.tally.cached_tokens,
+            reused=self.tally.reused,
+            engine_requests=self.engine_requests,
+            engine_seconds=round(self.engine_seconds, 6),
             latency_sum=round(self.tally.latency_sum, 6),
             latency_count=self.tally.latency_count,
             sha256=digest.hexdigest(),
@@ -212,6 +225,17 @@ def run_shard(
     if isinstance(run, ShardSummary):
         return run
     return run.execute(engine_for(run.spec))
+
+
+def finish_reused_shards(svc: Services, manifest: Manifest) -> list[int]:
+    """Assemble here the shards whose every request was answered from an earlier
+    job (they need no engine); return the indexes of the shards that do."""
+    for info in manifest.shards:
+        if not info.needs_engine:
+            run = _shard_run(svc, manifest.job_id, info.index)
+            if isinstance(run, ShardRun):
+                run.execute(None)
+    return [info.index for info in manifest.shards if info.needs_engine]
 
 
 def give_up_shard(svc: Services, job_id: str, index: int, reason: str | None) -> ShardSummary:

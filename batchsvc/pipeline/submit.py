@@ -12,6 +12,7 @@ from batchsvc.errors import ErrorType, ServiceError
 from batchsvc.outbound.netguard import Allowlist, BlockedURL, OutboundError, vet
 from batchsvc.pipeline.progress import estimate_completion
 from batchsvc.pipeline.recovery import save_job_record
+from batchsvc.pipeline.reuse import reuse_sources
 from batchsvc.services import Services
 from batchsvc.storage import layout
 from batchsvc.storage.base import ObjectNotFound
@@ -159,13 +160,19 @@ def submit_job(
     metadata: dict[str, Any] | None = None,
     endpoint: str | None = None,
     completion_window: str | None = None,
+    reuse: str | None = None,
+    reuse_from: list[str] | None = None,
+    force: bool = False,
     job_id: str | None = None,
 ) -> Job:
     """Record a job of `tenant` as queued and hand its id to `enqueue` (which
     sends the prepare task). The input is exactly one of: a URL to fetch, an
     upload to store now, or a file already uploaded through the Files API.
     Past the tenant's quotas it answers 429 and keeps nothing. `job_id` is the
-    id to use when the caller has claimed one already (an idempotent retry)."""
+    id to use when the caller has claimed one already (an idempotent retry).
+
+    `reuse="latest"` or `reuse_from=[ids]` name earlier jobs of the tenant whose
+    answers identical requests take instead of the engine; `force` turns it off."""
     if sum(x is not None for x in (input_url, upload, input_file)) != 1:
         raise ServiceError(
             ErrorType.VALIDATION,
@@ -183,6 +190,9 @@ def submit_job(
                 "available": svc.models.aliases(),
             },
         )
+    sources = reuse_sources(
+        svc, tenant=tenant, model=model, metadata=metadata or {}, reuse=reuse, reuse_from=reuse_from, force=force
+    )
     policy = svc.tenants.get(tenant)
     # A URL's size is known once fetched: prepare checks the queued-request quota then.
     check_quota(policy, svc.settings, svc.jobs, (input_file.lines or 0) if input_file else 0)
@@ -199,6 +209,7 @@ def submit_job(
         input_url=input_url,
         endpoint=endpoint,
         completion_window=completion_window,
+        reuse_from=sources or None,
     )
     if window_s is not None:
         job.expires_at = job.created_at + window_s

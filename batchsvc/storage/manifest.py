@@ -6,6 +6,7 @@ the per-shard summaries it lets a job be rebuilt from storage alone."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import orjson
 
@@ -19,6 +20,11 @@ class ShardInfo:
     index: int
     count: int  # requests in the shard
     first_line: int  # input line number of its first request
+    reused: int = 0  # of them answered from an earlier job (prepare wrote them as a checkpoint part)
+
+    @property
+    def needs_engine(self) -> bool:
+        return self.reused < self.count
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,8 @@ class Manifest:
     total: int
     shards: list[ShardInfo]
     tenant: str = DEFAULT_TENANT
+    # What the job ran on (batchsvc/inference/provenance.py).
+    reproducibility: dict[str, Any] | None = None
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self))
@@ -36,7 +44,14 @@ class Manifest:
     def from_json(cls, data: bytes) -> Manifest:
         raw = orjson.loads(data)
         shards = [ShardInfo(**s) for s in raw["shards"]]
-        return cls(raw["job_id"], raw["model"], raw["total"], shards, raw.get("tenant", DEFAULT_TENANT))
+        return cls(
+            raw["job_id"],
+            raw["model"],
+            raw["total"],
+            shards,
+            raw.get("tenant", DEFAULT_TENANT),
+            raw.get("reproducibility"),
+        )
 
     def save(self, storage: Storage) -> None:
         storage.put_bytes(layout.manifest_key(self), self.to_json(), content_type="application/json")
@@ -62,6 +77,10 @@ class ShardSummary:
     latency_count: int  # how many those are: a resumed shard's checkpointed lines have no latency
     sha256: str  # of the shard output object
     tenant: str = DEFAULT_TENANT
+    cached_tokens: int = 0
+    reused: int = 0  # lines answered from an earlier job (never sent to the engine)
+    engine_requests: int = 0  # requests the finishing run sent to the engine
+    engine_seconds: float = 0.0  # how long that run held the engine: the job's GPU time
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

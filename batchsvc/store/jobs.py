@@ -117,6 +117,8 @@ class Job:
     webhook_status: str | None = None  # pending, delivered, failed
     last_progress_at: float | None = None  # a shard checkpointed, or the job was re-driven
     data_expired_at: float | None = None  # retention deleted its objects
+    reuse_from: list[str] | None = None  # jobs whose answers it may reuse (batchsvc/pipeline/reuse.py)
+    reproducibility: dict[str, Any] | None = None  # what it ran on (batchsvc/inference/provenance.py)
 
     @property
     def job_id(self) -> str:

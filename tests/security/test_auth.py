@@ -49,6 +49,7 @@ PROTECTED = [
     ("get", "/v1/tenants/acme"),
     ("patch", "/v1/tenants/acme"),
     ("post", "/v1/tenants/acme/webhook_secret"),
+    ("get", "/v1/reports/costs"),
     ("get", "/metrics"),
     ("get", "/v1/no-such-endpoint"),  # unknown paths too: no key, no map of the API
 ]

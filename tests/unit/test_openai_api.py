@@ -40,6 +40,7 @@ BATCH_KEYS = {
     "object",
     "endpoint",
     "model",
+    "usage",
     "errors",
     "input_file_id",
     "completion_window",

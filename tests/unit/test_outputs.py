@@ -66,7 +66,12 @@ def test_chat_success_body_is_a_chat_completion() -> None:
     assert choice["message"]["role"] == "assistant"
     assert choice["message"]["content"] == '{"score": 7}'
     assert choice["finish_reason"] == "stop"
-    assert body["usage"] == {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16}
+    assert body["usage"] == {
+        "prompt_tokens": 11,
+        "completion_tokens": 5,
+        "total_tokens": 16,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
 
 
 def test_usage_sums_the_completion_tokens_of_every_choice() -> None:
@@ -74,7 +79,12 @@ def test_usage_sums_the_completion_tokens_of_every_choice() -> None:
     body = chat_success(choices=choices)["response"]["body"]
     assert [c["finish_reason"] for c in body["choices"]] == ["stop", "length"]
     assert [c["message"]["content"] for c in body["choices"]] == ["a", "bb"]
-    assert body["usage"] == {"prompt_tokens": 11, "completion_tokens": 13, "total_tokens": 24}
+    assert body["usage"] == {
+        "prompt_tokens": 11,
+        "completion_tokens": 13,
+        "total_tokens": 24,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
 
 
 def test_completions_url_gets_a_text_completion_body() -> None:

@@ -137,7 +137,7 @@ def test_prepare_cuts_the_input_into_shards_of_shard_size(services: Services) ->
     assert job.validating_at is not None
 
 
-def test_shard_inputs_hold_the_original_lines_in_order(services: Services) -> None:
+def test_shard_inputs_hold_the_requests_in_order_each_with_its_fingerprint(services: Services) -> None:
     lines = [request_line(c, temperature=0.5) for c in ids(7)]
     job_id = submit(services, lines)
     prepare_job(services, job_id)
@@ -145,7 +145,14 @@ def test_shard_inputs_hold_the_original_lines_in_order(services: Services) -> No
     shard_bytes = [
         services.storage.get_bytes(layout.shard_input_key(layout.JobKey("default", job_id), i)) for i in range(3)
     ]
-    assert [s.splitlines() for s in shard_bytes] == [lines[0:3], lines[3:6], lines[6:7]]
+    shards = [[orjson.loads(raw) for raw in s.splitlines()] for s in shard_bytes]
+    expected = [orjson.loads(line) for line in lines]
+    assert [[(q["custom_id"], q["url"], q["body"]) for q in shard] for shard in shards] == [
+        [(q["custom_id"], q["url"], q["body"]) for q in expected[a:b]] for a, b in ((0, 3), (3, 6), (6, 7))
+    ]
+    fingerprints = [q["fingerprint"] for shard in shards for q in shard]
+    assert all(f.startswith("fp1:") for f in fingerprints)
+    assert len(set(fingerprints)) == 7  # the prompts differ
 
 
 def test_first_line_counts_physical_lines_past_blank_ones(services: Services) -> None:
@@ -364,6 +371,11 @@ def test_finalize_merges_every_request_once_in_input_order(services: Services) -
         "avg_response_time": 0.0,
         "prompt_tokens": sum(s.prompt_tokens for s in summaries),
         "completion_tokens": 8 * 3,
+        "cached_tokens": 0,
+        "reused": 0,
+        "engine_requests": 8,
+        "engine_seconds": round(sum(s.engine_seconds for s in summaries), 3),
+        "cost": None,  # the instant engine's model has no gpu_hour_price
     }
     assert job.finished_at is not None and job.finalizing_at is not None
     assert job.estimated_completion is None

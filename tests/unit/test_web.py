@@ -42,6 +42,12 @@ STATUS_KEYS = {
     "expires_at",
     "estimated_completion",
     "metadata",
+    "usage",
+    "reused",
+    "engine_seconds",
+    "cost",
+    "reuse_from",
+    "reproducibility",
 }
 T0 = 1_700_000_000.5
 
