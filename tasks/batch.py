@@ -16,12 +16,12 @@ from celery import Task, chord
 from batchsvc.access import DEFAULT_TENANT
 from batchsvc.outbound import webhooks
 from batchsvc.outbound.netguard import Allowlist
+from batchsvc.pipeline.campaigns import submit_run
 from batchsvc.pipeline.finalize import finalize_job
 from batchsvc.pipeline.prepare import answer_unstarted, prepare_job
 from batchsvc.pipeline.recovery import Redrive, redrive, stalled_jobs
 from batchsvc.pipeline.retention import expire_job_data
 from batchsvc.pipeline.shards import finish_reused_shards, finished_shard, give_up_shard, run_shard
-from batchsvc.pipeline.submit import submit_job
 from batchsvc.services import Services, current_services
 from batchsvc.settings import get_settings
 from batchsvc.storage import layout
@@ -42,7 +42,7 @@ from tasks.names import (
     llm_queue,
     queue_keys,
 )
-from tasks.schedule import rescoring_entry
+from tasks.schedule import rescoring_entry, scheduled_slot
 
 log = logging.getLogger(__name__)
 
@@ -236,20 +236,17 @@ def webhook(self: Task, job_id: str) -> str:
 
 
 @app.task(name=RESCORE, bind=True, acks_late=True, max_retries=10, **_RETRY)
-def rescore(self: Task, name: str) -> str:
-    """Beat's nightly rescoring: submit the configured input as a new job."""
+def rescore(self: Task, name: str) -> str | None:
+    """Beat's nightly rescoring: submit this tick's run of the entry, once."""
     svc = current_services()
     entry = rescoring_entry(svc.settings, name)
-    job = submit_job(
+    job = submit_run(
         svc,
-        tenant=entry.get("tenant", DEFAULT_TENANT),
-        model=entry["model"],
-        input_url=entry["input_file_url"],
-        webhook_url=entry.get("webhook_url"),
-        metadata={"job_name": name, "priority": int(entry.get("priority", 3))},
+        entry,
+        scheduled_slot(entry),
         enqueue=lambda job_id: prepare.apply_async((job_id,), queue=svc.settings.cpu_queue),
     )
-    return job.id
+    return job.id if job else None
 
 
 @app.task(name=SWEEP, bind=True, acks_late=True, max_retries=0)

@@ -18,8 +18,8 @@ from batchsvc.inference.provenance import reproducibility_record
 from batchsvc.inference.validation import DEFAULT_SUPPORTED_URLS, BatchRequest, BatchValidator
 from batchsvc.outbound.fetch import FetchError, fetch_to_storage
 from batchsvc.outbound.netguard import Allowlist
-from batchsvc.pipeline.shards import give_up_shard
 from batchsvc.pipeline.reuse import reuse_index
+from batchsvc.pipeline.shards import give_up_shard
 from batchsvc.services import Services
 from batchsvc.storage import layout
 from batchsvc.storage.base import ObjectNotFound, Storage

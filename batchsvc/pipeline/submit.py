@@ -17,7 +17,7 @@ from batchsvc.services import Services
 from batchsvc.storage import layout
 from batchsvc.storage.base import ObjectNotFound
 from batchsvc.store.files import FileRecord, new_file_id
-from batchsvc.store.jobs import ActiveLimitReached, Counts, Job, job_error, new_job_id
+from batchsvc.store.jobs import ActiveLimitReached, Counts, Job, JobExists, job_error, new_job_id
 from batchsvc.store.tenants import active_jobs_error, check_quota, max_active_jobs
 
 
@@ -168,11 +168,16 @@ def submit_job(
     """Record a job of `tenant` as queued and hand its id to `enqueue` (which
     sends the prepare task). The input is exactly one of: a URL to fetch, an
     upload to store now, or a file already uploaded through the Files API.
-    Past the tenant's quotas it answers 429 and keeps nothing. `job_id` is the
-    id to use when the caller has claimed one already (an idempotent retry).
+    Past the tenant's quotas it answers 429 and keeps nothing.
 
     `reuse="latest"` or `reuse_from=[ids]` name earlier jobs of the tenant whose
-    answers identical requests take instead of the engine; `force` turns it off."""
+    answers identical requests take instead of the engine; `force` turns it off.
+
+    `job_id` is the id to use when the caller has chosen one (an idempotent
+    retry's claim, a scheduled run's deterministic id): when a job of that id
+    exists already, that job is returned and nothing is queued again."""
+    if job_id is not None and svc.jobs.exists(job_id):
+        return svc.jobs.get(job_id)
     if sum(x is not None for x in (input_url, upload, input_file)) != 1:
         raise ServiceError(
             ErrorType.VALIDATION,
@@ -233,7 +238,9 @@ def submit_job(
         now=job.created_at, total=job.total, counts=Counts(), started_at=None, fallback_req_per_sec=fallback
     )
     try:
-        svc.jobs.create(job, max_active=max_active_jobs(policy, svc.settings))
+        svc.jobs.create(job, max_active=max_active_jobs(policy, svc.settings), if_absent=job_id is not None)
+    except JobExists:  # the same scheduled run, submitted by another beat a moment ago
+        return svc.jobs.get(job.id)
     except ActiveLimitReached as exc:  # another submission took the last place meanwhile
         if upload is not None:
             svc.storage.delete(job.input_key or "")

@@ -183,11 +183,12 @@ return 1
 # Create a job unless its tenant already has `max` active ones (0: no limit),
 # so two submissions racing each other cannot both take the last place.
 _CREATE = """
+if ARGV[5] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return 2 end
 local max = tonumber(ARGV[1])
 if max > 0 and redis.call('SISMEMBER', KEYS[4], ARGV[2]) == 0 and redis.call('SCARD', KEYS[4]) >= max then
     return 0
 end
-for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
 if ARGV[4] == '1' then
@@ -227,6 +228,10 @@ return 0
 """
 
 
+class JobExists(Exception):
+    """A job with this (deterministic) id was created before."""
+
+
 class ActiveLimitReached(Exception):
     def __init__(self, tenant: str, limit: int):
         super().__init__(f"tenant {tenant!r} already has {limit} active jobs")
@@ -259,15 +264,20 @@ class JobStore:
         return f"{self.prefix}:active" if tenant is None else f"{self.prefix}:t:{tenant}:active"
 
     # --- jobs ---
-    def create(self, job: Job, *, max_active: int = 0) -> Job:
+    def create(self, job: Job, *, max_active: int = 0, if_absent: bool = False) -> Job:
         """Store a new (or rebuilt) job. Raises ActiveLimitReached, storing nothing,
-        when its tenant already has `max_active` active jobs (0: no limit)."""
+        when its tenant already has `max_active` active jobs (0: no limit), and
+        with `if_absent`, JobExists when a job of this id exists."""
         args: list[Any] = [max_active, job.id, job.created_at, "0" if job.status.terminal else "1"]
+        args.append("1" if if_absent else "0")
         for name, value in job.to_fields().items():
             args += [name, value]
         keys = [self._key(job.id), self._index_key(), self._index_key(job.tenant)]
         keys += [self._active_key(job.tenant), self._active_key()]
-        if not self._create(keys=keys, args=args):
+        created = self._create(keys=keys, args=args)
+        if created == 2:
+            raise JobExists(job.id)
+        if not created:
             raise ActiveLimitReached(job.tenant, max_active)
         return job
 

@@ -70,6 +70,12 @@ def test_upload_create_poll_and_download(s3_stack: Stack, client: openai.OpenAI,
     assert done.failed_at is done.cancelled_at is done.expired_at is None
     assert done.output_file_id and done.error_file_id
 
+    # usage and model, read by the official client's own types.
+    assert done.model == "tiny-random"
+    assert done.usage is not None and done.usage.input_tokens > 0 and done.usage.output_tokens > 0
+    assert done.usage.total_tokens == done.usage.input_tokens + done.usage.output_tokens
+    assert 0 <= done.usage.input_tokens_details.cached_tokens <= done.usage.input_tokens
+
     output = client.files.retrieve(done.output_file_id)
     assert output.purpose == "batch_output"
     text = client.files.content(done.output_file_id).text
@@ -79,6 +85,9 @@ def test_upload_create_poll_and_download(s3_stack: Stack, client: openai.OpenAI,
     for line in results:
         assert line["error"] is None and line["response"]["status_code"] == 200
         ChatCompletion.model_validate(line["response"]["body"])
+    usage = [ChatCompletion.model_validate(line["response"]["body"]).usage for line in results]
+    assert done.usage.input_tokens == sum(u.prompt_tokens for u in usage if u)
+    assert done.usage.output_tokens == sum(u.completion_tokens for u in usage if u)
     assert client.files.content(done.error_file_id).text == ""
 
     with pytest.raises(openai.ConflictError, match="cannot cancel a batch that is completed") as conflict:
