@@ -17,11 +17,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from batchsvc.access import DEFAULT_TENANT
 from batchsvc.pipeline.reuse import REUSE_LATEST
 from batchsvc.pipeline.submit import submit_job
 from batchsvc.services import Services
 from batchsvc.store.jobs import Job
-from batchsvc.store.keys import DEFAULT_TENANT
 
 log = logging.getLogger(__name__)
 
