@@ -75,6 +75,9 @@ class Settings:
     # which only works for a single process; `make up` and production set it.
     signing_secret: str = ""
     result_link_ttl_s: int = 3600
+    # How long the HTTP server waits for more bytes of a request body (then it answers 408).
+    # The request line and headers get gunicorn's keepalive (web/server.py).
+    http_body_timeout_s: float = 30.0
     # Reverse proxies in front of the API that append the client's address to
     # X-Forwarded-For (and set X-Forwarded-Proto): the client address that rate limits,
     # IP allowlists and the audit log see is the one the outermost of these saw.

@@ -1,52 +1,21 @@
-"""Flask app factory. Run with `gunicorn 'web:create_app()'`."""
+"""Flask app factory. Run with `gunicorn 'web:create_app()'` (the Procfile's `web`).
+
+Importing the package is cheap on purpose: gunicorn's master imports it for its
+config and worker class (web/server.py) before the gevent workers monkey-patch
+sockets, and nothing that opens connections (redis, urllib3) may be imported
+before that patch."""
 
 from __future__ import annotations
 
-import logging
+from typing import TYPE_CHECKING
 
-from flask import Flask, Response
-from werkzeug.middleware.proxy_fix import ProxyFix
+if TYPE_CHECKING:
+    from flask import Flask
 
-from batchsvc.services import Services
-from batchsvc.settings import Settings, get_settings
-from batchsvc.telemetry import init_sentry
-from tasks.celery_app import create_celery
-from web.request import ApiRequest, guard_input, options_response
-
-
-class BatchsvcFlask(Flask):
-    request_class = ApiRequest
-
-    def make_default_options_response(self) -> Response:
-        return options_response(self)
+    from batchsvc.settings import Settings
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    settings = settings or get_settings()
-    init_sentry(settings, "web")
-    app = BatchsvcFlask("batchsvc", static_folder=None)
-    # Werkzeug answers 413 itself past this size: the file plus room for the form fields.
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_file_bytes + 1024 * 1024
-    app.extensions["batchsvc"] = Services(settings)
-    app.extensions["celery"] = create_celery(settings)
-    if settings.forwarded_hops:
-        hops = settings.forwarded_hops
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
-    logging.basicConfig(level=settings.log_level)
+    from web.app import create_app as build
 
-    from web import audit, auth
-    from web.admin_api import bp as admin_bp
-    from web.api import bp
-    from web.errors import register_error_handlers
-    from web.health import health
-    from web.openai_api import bp as openai_bp
-
-    app.wsgi_app = guard_input(app.wsgi_app)  # type: ignore[method-assign]
-    register_error_handlers(app)
-    audit.install(app)
-    auth.install(app)
-    app.register_blueprint(bp)
-    app.register_blueprint(openai_bp)
-    app.register_blueprint(admin_bp)
-    app.register_blueprint(health)
-    return app
+    return build(settings)
