@@ -77,7 +77,7 @@ def test_minio_setup_makes_the_bucket_and_imports_the_lifecycle(compose: dict[st
     setup = compose["services"]["minio-setup"]
     script = " ".join(setup["command"])
     assert "mc mb --ignore-existing" in script
-    assert "mc ilm import" in script and "< /config/minio-lifecycle.json" in script
+    assert "mc ilm rule import" in script and "< /config/minio-lifecycle.json" in script
     assert "./configs/minio-lifecycle.json:/config/minio-lifecycle.json:ro" in setup["volumes"]
     assert setup["depends_on"]["minio"]["condition"] == "service_healthy"
     for name, svc in ours(compose).items():
