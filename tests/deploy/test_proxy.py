@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -20,6 +21,7 @@ import orjson
 import pytest
 from flask.testing import FlaskClient
 
+from batchsvc.errors import ErrorType
 from batchsvc.settings import PROJECT_ROOT
 from batchsvc.store.keys import Role
 from tests.support.client import grant
@@ -174,6 +176,25 @@ def test_nginx_refusals_are_the_apis_json_envelope(proxy: int, backend: Backend)
         "message": "the API is not answering; try again shortly",
         "details": {},
     }
+
+
+def test_every_nginx_refusal_speaks_the_apis_vocabulary() -> None:
+    """Each error page's status and type are a pair of batchsvc.errors.ErrorType."""
+    pages = re.findall(r"return (\d{3}) '(.*?)\\n';", TEMPLATE.read_text())
+    assert len(pages) >= 6
+    for status, body in pages:
+        error = orjson.loads(body)["error"]
+        assert ErrorType(error["type"]).status == int(status) and error["message"]
+        assert set(error) == {"type", "message", "details"}
+
+
+def test_oversized_headers_are_refused_as_json(proxy: int, backend: Backend) -> None:
+    with socket.create_connection(("127.0.0.1", proxy)) as client:
+        client.sendall(b"GET /v1/batch HTTP/1.1\r\nHost: batch\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n")
+        status, headers, body = read_response(client)
+    assert status == 431 and headers["content-type"] == "application/json"
+    assert orjson.loads(body)["error"]["type"] == "headers_too_large"
+    assert backend.accepted == 0
 
 
 @pytest.mark.parametrize("hops", [0, 1])
