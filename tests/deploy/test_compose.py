@@ -8,6 +8,7 @@ import importlib.util
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import zipfile
 from pathlib import Path
@@ -15,13 +16,14 @@ from typing import Any
 
 import jsonschema
 import pytest
+import yaml
 
 from batchsvc.settings import PROJECT_ROOT, load_settings
 from tests.deploy.conftest import dockerfile_stages, duration_s, procfile, program_of, warm_shutdown_s
 
 OUR_IMAGES = {"batchsvc:cpu": "cpu", "batchsvc:gpu": "gpu"}
 # What the observability work (issue 12) provides; compose mounts it as it is.
-MONITORING_CONFIG = {"prometheus": "configs/prometheus", "grafana": "configs/grafana"}
+OBSERVABILITY = ("configs/prometheus", "configs/grafana")
 
 
 def compose_validator() -> jsonschema.Draft201909Validator:
@@ -197,18 +199,79 @@ def test_only_the_proxy_publishes_the_api(compose: dict[str, Any]) -> None:
 
 
 def test_every_mounted_file_exists(compose: dict[str, Any]) -> None:
+    """Each bind mount is a file of the tree, or one the operator makes (and git ignores)."""
+    ignored = (PROJECT_ROOT / ".gitignore").read_text().splitlines()
     for name, svc in compose["services"].items():
         for volume in svc.get("volumes", []):
-            source = volume.split(":")[0]
-            if source.startswith("./") and name not in MONITORING_CONFIG:
-                assert (PROJECT_ROOT / source).exists(), f"{name}: {source}"
+            source = volume.split(":")[0].removeprefix("./")
+            if volume.startswith("./") and not source.startswith(OBSERVABILITY):
+                assert (PROJECT_ROOT / source).exists() or source in ignored, f"{name}: {source}"
 
 
-@pytest.mark.parametrize("service", sorted(MONITORING_CONFIG))
-def test_monitoring_mounts_the_observability_config(compose: dict[str, Any], service: str) -> None:
-    path = MONITORING_CONFIG[service]
-    assert any(v.startswith(f"./{path}:") for v in compose["services"][service]["volumes"])
+def observability(path: str) -> Path:
     if not (PROJECT_ROOT / path).exists():
         pytest.skip(f"{path} is not in the repository yet (issue 12 provides it)")
-    if service == "prometheus":
-        assert (PROJECT_ROOT / path / "prometheus.yml").exists()
+    return PROJECT_ROOT / path
+
+
+def test_prometheus_scrapes_the_stack_with_the_observability_jobs_and_rules(
+    compose: dict[str, Any], tmp_path: Path
+) -> None:
+    volumes = compose["services"]["prometheus"]["volumes"]
+    assert "./deploy/compose-prometheus.yml:/etc/prometheus/prometheus.yml:ro" in volumes
+    assert "./configs/prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro" in volumes
+    ours = yaml.safe_load((PROJECT_ROOT / "deploy/compose-prometheus.yml").read_text())
+    assert ours["rule_files"] == ["/etc/prometheus/alerts.yml"]
+    theirs = yaml.safe_load(observability("configs/prometheus/prometheus.yml").read_text())
+    observability("configs/prometheus/alerts.yml")
+
+    def jobs(config: dict[str, Any]) -> dict[str, Any]:
+        """Each scrape job without its targets: what must be the same in both."""
+        return {
+            job["job_name"]: (
+                job.get("metrics_path"),
+                sorted(str(g.get("labels")) for g in job["static_configs"]),
+                "authorization" in job,
+            )
+            for job in config["scrape_configs"]
+        }
+
+    assert jobs(ours) == jobs(theirs)
+    # promtool reads it as the container would, with the mounted paths mapped to here.
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: scripts/setup.sh installs prometheus"
+    text = (PROJECT_ROOT / "deploy/compose-prometheus.yml").read_text()
+    text = text.replace("/etc/prometheus/alerts.yml", str(PROJECT_ROOT / "configs/prometheus/alerts.yml"))
+    (tmp_path / "api-key").write_text("bsk_test\n")
+    config = tmp_path / "prometheus.yml"
+    config.write_text(text.replace("/etc/prometheus/api-key", str(tmp_path / "api-key")))
+    check = subprocess.run([promtool, "check", "config", str(config)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    # Each target is a service of the stack, on the port its process serves metrics on.
+    services = compose["services"]
+    entries = procfile()
+    launchers = {
+        "api": entries["web"],
+        "cpu": entries["cpu"],
+        "llm": (PROJECT_ROOT / "scripts/llm_workers.sh").read_text(),
+    }
+    for job in ours["scrape_configs"]:
+        for group in job["static_configs"]:
+            role = (group.get("labels") or {}).get("role", "api")
+            for target in group["targets"]:
+                host, port = target.split(":")
+                assert host in services, target
+                assert f":-{port}}}" in launchers[role], f"{target}: no {role} process serves port {port}"
+
+
+def test_grafana_gets_the_provisioned_datasource_and_dashboards(compose: dict[str, Any]) -> None:
+    grafana = compose["services"]["grafana"]
+    assert "./configs/grafana/provisioning:/etc/grafana/provisioning:ro" in grafana["volumes"]
+    mount = next(v for v in grafana["volumes"] if v.startswith("./configs/grafana/dashboards:"))
+    provisioning = observability("configs/grafana/provisioning")
+    (providers,) = [yaml.safe_load(p.read_text()) for p in (provisioning / "dashboards").glob("*.y*ml")]
+    assert {p["options"]["path"] for p in providers["providers"]} == {mount.split(":")[1]}
+    assert list(observability("configs/grafana/dashboards").glob("*.json"))
+    (datasources,) = [p.read_text() for p in (provisioning / "datasources").glob("*.y*ml")]
+    assert "${BATCHSVC_PROMETHEUS_URL" in datasources
+    assert grafana["environment"]["BATCHSVC_PROMETHEUS_URL"] == "http://prometheus:9090"
