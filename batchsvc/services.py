@@ -15,6 +15,7 @@ from batchsvc.settings import Settings, get_settings
 from batchsvc.storage.base import Storage
 from batchsvc.storage.local import LocalStorage
 from batchsvc.storage.s3 import S3Storage
+from batchsvc.store.estimates import EstimateStore
 from batchsvc.store.files import FileStore
 from batchsvc.store.jobs import JobStore
 from batchsvc.store.keys import KeyStore
@@ -71,6 +72,10 @@ class Services:
     @cached_property
     def jobs(self) -> JobStore:
         return JobStore(self.state_redis, self.settings.redis_prefix)
+
+    @cached_property
+    def estimates(self) -> EstimateStore:
+        return EstimateStore(self.state_redis, self.settings.redis_prefix)
 
     @cached_property
     def files(self) -> FileStore:

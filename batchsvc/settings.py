@@ -55,6 +55,8 @@ class Settings:
     # long; its record stays, marked data_expired_at. Checked hourly by beat.
     retention_s: int = 7 * 24 * 3600
     retention_interval_s: int = 3600
+    # A dry run's estimate is kept this long for its caller to read, then Redis drops it.
+    estimate_ttl_s: int = 900
 
     # --- Storage ---
     storage_backend: str = "local"  # "local" or "s3"

@@ -17,6 +17,7 @@ from batchsvc.access import DEFAULT_TENANT
 from batchsvc.outbound import webhooks
 from batchsvc.outbound.netguard import Allowlist
 from batchsvc.pipeline.campaigns import submit_run
+from batchsvc.pipeline.estimate import run_estimate
 from batchsvc.pipeline.finalize import finalize_job
 from batchsvc.pipeline.prepare import answer_unstarted, prepare_job
 from batchsvc.pipeline.recovery import Redrive, redrive, stalled_jobs
@@ -30,6 +31,7 @@ from batchsvc.store.jobs import Job, JobStatus, job_error, job_priority
 from batchsvc.store.tenants import webhook_secrets
 from tasks.celery_app import create_celery
 from tasks.names import (
+    ESTIMATE,
     FINALIZE,
     PREPARE,
     REDRIVE,
@@ -273,3 +275,10 @@ def redrive_job(self: Task, job_id: str, claimed: bool = False) -> dict:
 def retention(self: Task) -> list[str]:
     """Beat, hourly: delete the objects of finished jobs past retention_s."""
     return expire_job_data(current_services())
+
+
+# The estimate is kept in the job store (with a TTL), not as a task result: a dry run leaves nothing else.
+@app.task(name=ESTIMATE, bind=True, acks_late=True, ignore_result=True, max_retries=3, **_RETRY)
+def estimate(self: Task, estimate_id: str) -> None:
+    """A dry run: validate, count tokens and reuse, estimate time and cost."""
+    run_estimate(current_services(), estimate_id)

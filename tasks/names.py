@@ -14,6 +14,7 @@ RESCORE = "batch.rescore"
 SWEEP = "batch.sweep"
 REDRIVE = "batch.redrive"
 RETENTION = "batch.retention"
+ESTIMATE = "batch.estimate"
 
 
 def llm_queue(settings: Settings, model: str) -> str:

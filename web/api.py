@@ -12,6 +12,7 @@ from batchsvc.access import Role, check_tenant
 from batchsvc.errors import ErrorType, JobNotFound, ServiceError
 from batchsvc.pipeline import progress
 from batchsvc.pipeline.costs import cost_report, job_usage
+from batchsvc.pipeline.estimate import start_estimate
 from batchsvc.pipeline.lifecycle import cancel_job
 from batchsvc.pipeline.partial import finished_lines
 from batchsvc.pipeline.recovery import claim_redrive, plan_redrive, rebuild_job
@@ -20,8 +21,9 @@ from batchsvc.pipeline.submit import submit_job
 from batchsvc.services import Services
 from batchsvc.storage.base import InvalidDownloadToken, ObjectNotFound
 from batchsvc.storage.local import LocalStorage
+from batchsvc.store.estimates import EstimateNotFound
 from batchsvc.store.jobs import Counts, Job, JobStatus, is_job_id, job_priority
-from tasks.names import PREPARE, REDRIVE, celery_priority
+from tasks.names import ESTIMATE, PREPARE, REDRIVE, celery_priority
 from web.audit import audited
 from web.auth import current_key, requires, visible_job, visible_tenant
 from web.request import json_object, single_values
@@ -92,6 +94,8 @@ def _read_submission() -> tuple[dict[str, Any], Any]:
 def submit_batch() -> tuple[Response, int]:
     args, upload = _read_submission()
     metadata = args.get("metadata") or {}
+    if args["dry_run"]:
+        return _dry_run(args, upload)
     try:
         job = submit_job(
             services(),
@@ -118,6 +122,65 @@ def submit_batch() -> tuple[Response, int]:
         "estimated_completion": iso(job.estimated_completion),
     }
     return jsonify(body), 202
+
+
+def _dry_run(args: dict[str, Any], upload: Any) -> tuple[Response, int]:
+    """Queue the estimate on the cpu worker (it counts tokens with the model's
+    tokenizer); the caller reads it at `url`. No job is created."""
+    celery = current_app.extensions["celery"]
+    queue = services().settings.cpu_queue
+    try:
+        record = start_estimate(
+            services(),
+            tenant=current_key().tenant,
+            model=args["model"],
+            input_url=args.get("input_file_url"),
+            upload=upload,
+            metadata=args.get("metadata") or {},
+            completion_window=args.get("completion_window"),
+            reuse=args.get("reuse"),
+            reuse_from=args.get("reuse_from"),
+            force=args["force"],
+            enqueue=lambda estimate_id: celery.send_task(ESTIMATE, args=[estimate_id], queue=queue),
+        )
+    finally:
+        if upload is not None:
+            upload.close()
+    return jsonify(estimate_view(record)), 202
+
+
+def estimate_view(record: dict[str, Any]) -> dict[str, Any]:
+    view = {k: v for k, v in record.items() if k not in ("tenant", "completion_window_s")}
+    view["created_at"] = iso(record["created_at"])
+    view["url"] = url_for("v1.get_estimate", estimate_id=record["estimate_id"])
+    if "estimated_completion" in record:
+        view["estimated_completion"] = iso(record["estimated_completion"])
+    return view
+
+
+def _visible_estimate(estimate_id: str) -> dict[str, Any]:
+    try:
+        record = services().estimates.get(estimate_id)
+    except EstimateNotFound:
+        record = None
+    tenant = visible_tenant()
+    if record is None or (tenant is not None and record["tenant"] != tenant):
+        raise ServiceError(ErrorType.NOT_FOUND, f"no estimate {estimate_id!r}", {"estimate_id": estimate_id})
+    return record
+
+
+@bp.get("/estimates/<estimate_id>")
+def get_estimate(estimate_id: str) -> Response:
+    """A dry run's estimate: `queued` until the cpu worker has counted, then `done`
+    (or `invalid`, with the errors a real submission would fail with)."""
+    return jsonify(estimate_view(_visible_estimate(estimate_id)))
+
+
+@bp.delete("/estimates/<estimate_id>")
+@requires(Role.SUBMITTER)
+def delete_estimate(estimate_id: str) -> Response:
+    services().estimates.delete(_visible_estimate(estimate_id)["estimate_id"])
+    return jsonify({"estimate_id": estimate_id, "deleted": True})
 
 
 def usage_and_cost(job: Job, counts: Counts) -> dict[str, Any]:

@@ -39,6 +39,8 @@ class SubmitBatchSchema(Schema):
     reuse = fields.String(validate=validate.OneOf(["latest"]))
     reuse_from = fields.List(fields.String(validate=validate.Length(max=64)), validate=validate.Length(max=20))
     force = fields.Boolean(load_default=False)  # reuse nothing
+    # Validate, count tokens and reuse, estimate time and cost; run and keep nothing.
+    dry_run = fields.Boolean(load_default=False)
 
 
 class SubmitBatchFormSchema(SubmitBatchSchema):

@@ -1,11 +1,13 @@
 """`batchsvc`: the command-line client of the batchsvc HTTP API (/v1/batch).
 
     batchsvc submit FILE --model M [--wait]    prints the job id; --wait follows the job
+                   [--reuse latest --name N | --reuse-from ID ...] [--force]
     batchsvc status ID [--wait]                prints the job as JSON; --wait follows it first
     batchsvc results ID -o FILE [--errors FILE] [--partial]
     batchsvc cancel ID                         prints the job's new status
     batchsvc list [--limit N] [--after ID]     a table of jobs, newest first
     batchsvc report costs [--since 7d]         per model: req/s, time and cost of 170K requests
+    batchsvc estimate FILE --model M           dry run: tokens, reused answers, duration and cost
 
 Admin keys also manage keys and tenants:
     batchsvc keys create --tenant T --role viewer|submitter|admin [--name N]   prints the key, once
@@ -173,6 +175,19 @@ def main(ctx: click.Context, url: str, api_key: str | None) -> None:
     ctx.obj = Client(url, api_key)
 
 
+def _reuse_options(command: Any) -> Any:
+    command = click.option("--force", is_flag=True, help="reuse nothing")(command)
+    command = click.option("--reuse-from", multiple=True, help="a job whose answers to reuse (repeatable)")(command)
+    return click.option(
+        "--reuse", type=click.Choice(["latest"]), default=None, help="reuse the latest run of the same --name"
+    )(command)
+
+
+def _reuse_form(reuse: str | None, reuse_from: tuple[str, ...], force: bool) -> dict[str, str]:
+    form = {"reuse": reuse or "", "reuse_from": ",".join(reuse_from), "force": "true" if force else ""}
+    return {k: v for k, v in form.items() if v}
+
+
 @main.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--model", required=True, help="a model alias of the server, e.g. qwen3-4b")
@@ -180,6 +195,7 @@ def main(ctx: click.Context, url: str, api_key: str | None) -> None:
 @click.option("--name", "job_name", default=None, help="metadata.job_name")
 @click.option("--priority", type=click.IntRange(0, 9), default=None, help="0-9, higher runs sooner")
 @click.option("--wait", is_flag=True, help="follow the job with a progress bar until it ends")
+@_reuse_options
 @click.pass_obj
 def submit(
     client: Client,
@@ -189,10 +205,13 @@ def submit(
     job_name: str | None,
     priority: int | None,
     wait: bool,
+    reuse: str | None,
+    reuse_from: tuple[str, ...],
+    force: bool,
 ) -> None:
     """Upload FILE (OpenAI batch JSONL) as a new job and print its id."""
     metadata = {k: v for k, v in {"job_name": job_name, "priority": priority}.items() if v is not None}
-    form = {"model": model, "metadata": orjson.dumps(metadata).decode()}
+    form = {"model": model, "metadata": orjson.dumps(metadata).decode(), **_reuse_form(reuse, reuse_from, force)}
     if webhook_url:
         form["webhook_url"] = webhook_url
     with file.open("rb") as fh:
@@ -202,6 +221,49 @@ def submit(
         job = follow(client, job["job_id"])
         click.echo(summary(job), err=True)
         sys.exit(ENDED[job["status"]])
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--model", required=True, help="a model alias of the server")
+@click.option("--name", "job_name", default=None, help="metadata.job_name (what --reuse latest looks for)")
+@click.option("--completion-window", default=None, help="e.g. 24h: warn if the estimate cannot meet it")
+@click.option("--timeout", type=float, default=600, show_default=True, help="seconds to wait for the estimate")
+@_reuse_options
+@click.pass_obj
+def estimate(
+    client: Client,
+    file: Path,
+    model: str,
+    job_name: str | None,
+    completion_window: str | None,
+    timeout: float,
+    reuse: str | None,
+    reuse_from: tuple[str, ...],
+    force: bool,
+) -> None:
+    """Dry run: validate FILE, count its prompt tokens and reusable answers, and
+    print the estimated duration and cost as JSON. Nothing runs; nothing is kept."""
+    metadata = {"job_name": job_name} if job_name else {}
+    form = {"model": model, "dry_run": "true", "metadata": orjson.dumps(metadata).decode()}
+    form.update(_reuse_form(reuse, reuse_from, force))
+    if completion_window:
+        form["completion_window"] = completion_window
+    with file.open("rb") as fh:
+        queued = client.call("POST", "/v1/batch", data=form, files={"file": (file.name, fh, "application/jsonl")})
+    deadline = time.monotonic() + timeout
+    result = queued
+    while result["status"] == "queued":
+        if time.monotonic() > deadline:
+            raise ApiError(f"no estimate after {timeout:.0f}s (is a cpu worker running?)")
+        time.sleep(0.5)
+        result = client.call("GET", queued["url"])
+    client.call("DELETE", queued["url"])  # read once: nothing of the dry run stays
+    click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    for warning in result.get("warnings") or []:
+        click.echo(f"warning: {warning}", err=True)
+    if result["status"] != "done":
+        sys.exit(EXIT_FAILED)
 
 
 @main.command()

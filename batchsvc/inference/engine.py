@@ -189,6 +189,15 @@ def _failure_from(exc: Exception) -> RequestFailure:
     return RequestFailure(code=code, message=message, status_code=400, param=param)
 
 
+def instant_prompt(body: dict[str, Any]) -> str:
+    return repr(body.get("messages") or body.get("prompt"))
+
+
+def instant_prompt_tokens(body: dict[str, Any]) -> int:
+    """The instant engine's "tokens": words of its prompt's repr."""
+    return len(instant_prompt(body).split())
+
+
 class InstantEngine:
     """Deterministic instant engine (tests and benchmarks only): answers every
     request at once with text derived from a hash of the request.
@@ -210,7 +219,7 @@ class InstantEngine:
 
     def run(self, requests: Iterable[EngineRequest]) -> Generator[EngineResult, None, None]:
         for request in requests:
-            prompt = repr(request.body.get("messages") or request.body.get("prompt"))
+            prompt = instant_prompt(request.body)
             if self.CRASH_MARKER in prompt:
                 os._exit(137)
             if self.delay:
@@ -222,7 +231,7 @@ class InstantEngine:
             if self.log_path:
                 with open(self.log_path, "a") as log_file:
                     log_file.write(request.custom_id + "\n")
-            yield EngineResult(request.custom_id, choices, len(prompt.split()), self.delay)
+            yield EngineResult(request.custom_id, choices, instant_prompt_tokens(request.body), self.delay)
 
     def close(self) -> None:
         pass

@@ -14,6 +14,7 @@ import orjson
 from batchsvc.errors import ServiceError
 from batchsvc.inference import outputs
 from batchsvc.inference.fingerprint import request_fingerprint
+from batchsvc.inference.models import ModelSpec
 from batchsvc.inference.provenance import reproducibility_record
 from batchsvc.inference.validation import DEFAULT_SUPPORTED_URLS, BatchRequest, BatchValidator
 from batchsvc.outbound.fetch import FetchError, fetch_to_storage
@@ -21,6 +22,7 @@ from batchsvc.outbound.netguard import Allowlist
 from batchsvc.pipeline.reuse import reuse_index
 from batchsvc.pipeline.shards import give_up_shard
 from batchsvc.services import Services
+from batchsvc.settings import Settings
 from batchsvc.storage import layout
 from batchsvc.storage.base import ObjectNotFound, Storage
 from batchsvc.storage.manifest import Manifest, ShardInfo
@@ -107,6 +109,19 @@ def unprepared(job: Job) -> bool:
     return job.status in UNPREPARED and job.in_progress_at is None
 
 
+def batch_validator(settings: Settings, spec: ModelSpec, endpoint: str | None) -> BatchValidator:
+    """The validation a job's input gets (and a dry run's, the same)."""
+    return BatchValidator(
+        model_names=spec.names,
+        supported_urls={endpoint} if endpoint else DEFAULT_SUPPORTED_URLS,
+        max_file_bytes=settings.max_file_bytes,
+        max_lines=settings.max_lines,
+        max_line_bytes=settings.max_line_bytes,
+        max_tokens_cap=spec.max_tokens_cap,
+        max_errors=settings.max_errors_reported,
+    )
+
+
 def fail_job(svc: Services, job_id: str, errors: list[dict], error_count: int) -> None:
     if svc.jobs.fail(job_id, errors, error_count, expect=UNPREPARED):
         log.info("job %s failed validation with %d error(s)", job_id, error_count)
@@ -158,15 +173,7 @@ def prepare_job(svc: Services, job_id: str) -> Manifest | None:
             return None
         svc.jobs.update(job_id, input_key=input_key)
 
-    validator = BatchValidator(
-        model_names=spec.names,
-        supported_urls={job.endpoint} if job.endpoint else DEFAULT_SUPPORTED_URLS,
-        max_file_bytes=settings.max_file_bytes,
-        max_lines=settings.max_lines,
-        max_line_bytes=settings.max_line_bytes,
-        max_tokens_cap=spec.max_tokens_cap,
-        max_errors=settings.max_errors_reported,
-    )
+    validator = batch_validator(settings, spec, job.endpoint)
     try:
         source = svc.storage.open(input_key)
     except ObjectNotFound:

@@ -9,6 +9,7 @@ from typing import IO, Any
 import orjson
 
 from batchsvc.errors import ErrorType, ServiceError
+from batchsvc.inference.models import ModelSpec
 from batchsvc.outbound.netguard import Allowlist, BlockedURL, OutboundError, vet
 from batchsvc.pipeline.progress import estimate_completion
 from batchsvc.pipeline.recovery import save_job_record
@@ -147,6 +148,20 @@ def model_of_first_line(svc: Services, record: FileRecord) -> str | None:
     return model  # unknown: submit_job refuses it, naming it
 
 
+def served_model(svc: Services, model: str) -> ModelSpec:
+    spec = svc.models.get(model)
+    if spec is None:
+        raise ServiceError(
+            ErrorType.VALIDATION,
+            f"unknown model {model!r}",
+            {
+                "fields": {"model": [f"not one of: {', '.join(svc.models.aliases())}"]},
+                "available": svc.models.aliases(),
+            },
+        )
+    return spec
+
+
 def submit_job(
     svc: Services,
     *,
@@ -185,16 +200,7 @@ def submit_job(
             {"fields": {"input_file_url": ["give this or a file, not both"]}},
         )
     _refuse_blocked_urls(svc, input_file_url=input_url, webhook_url=webhook_url)
-    spec = svc.models.get(model)
-    if spec is None:
-        raise ServiceError(
-            ErrorType.VALIDATION,
-            f"unknown model {model!r}",
-            {
-                "fields": {"model": [f"not one of: {', '.join(svc.models.aliases())}"]},
-                "available": svc.models.aliases(),
-            },
-        )
+    spec = served_model(svc, model)
     sources = reuse_sources(
         svc, tenant=tenant, model=model, metadata=metadata or {}, reuse=reuse, reuse_from=reuse_from, force=force
     )

@@ -91,5 +91,10 @@ def errors_key(job: JobRef) -> str:
     return f"{job_prefix(job)}errors.jsonl"
 
 
+def estimate_input_key(tenant: str, estimate_id: str) -> str:
+    """A dry run's input, while the cpu worker reads it; deleted when it has."""
+    return f"{tenant_prefix(tenant)}estimates/{estimate_id}.jsonl"
+
+
 def file_key(tenant: str, file_id: str) -> str:
     return f"{tenant_prefix(tenant)}files/{file_id}"

@@ -104,3 +104,46 @@ def test_a_job_cancelled_while_it_runs_exits_3(url: str, tmp_path: Path) -> None
     failed = {orjson.loads(line)["custom_id"] for line in err.read_bytes().splitlines()}
     assert done and failed and not done & failed
     assert len(done) + len(failed) == 1500
+
+
+def test_estimate_then_run_then_rerun_with_reuse_and_report_costs(url: str, tmp_path: Path) -> None:
+    path = tmp_path / "nightly.jsonl"
+    write_candidates(path, 300, seed=41)
+    name = ["--model", "tiny-random", "--name", "cli-nightly"]
+
+    dry = batchsvc(url, "estimate", str(path), *name, "--completion-window", "24h")
+    assert dry.returncode == 0, dry.stderr
+    estimate = orjson.loads(dry.stdout)
+    assert (estimate["status"], estimate["requests"], estimate["reused"]) == ("done", 300, 0)
+    assert estimate["warnings"] == []
+
+    first = batchsvc(url, "submit", str(path), *name, "--wait")
+    assert first.returncode == 0, first.stderr
+    job = status_of(url, first.stdout.splitlines()[0])
+    assert job["usage"]["input_tokens"] == estimate["prompt_tokens"]
+
+    again = orjson.loads(batchsvc(url, "estimate", str(path), *name, "--reuse", "latest").stdout)
+    assert (again["reused"], again["to_run"], again["rate_source"]) == (300, 0, "measured")
+    measured = orjson.loads(batchsvc(url, "estimate", str(path), *name, "--force").stdout)
+    assert (measured["to_run"], measured["rate_source"]) == (300, "measured")
+    second = batchsvc(url, "submit", str(path), *name, "--reuse", "latest", "--wait")
+    assert second.returncode == 0, second.stderr
+    rerun = status_of(url, second.stdout.splitlines()[0])
+    assert (rerun["reused"], rerun["reuse_from"], rerun["usage"]["total_tokens"]) == (300, [job["job_id"]], 0)
+
+    report = batchsvc(url, "report", "costs", "--since", "1d")
+    assert report.returncode == 0, report.stderr
+    header, *rows = report.stdout.splitlines()
+    assert header.split()[:4] == ["MODEL", "JOBS", "REQUESTS", "REUSED"]
+    [row] = [r.split() for r in rows if r.startswith("tiny-random")]
+    assert row[3] == "300"  # reused by the rerun; the 300 requests of the first run, plus others, ran
+    print(
+        f"\nestimate: {estimate['requests']} requests, {estimate['prompt_tokens']} prompt tokens, "
+        f"{estimate['estimated_seconds']} s at {estimate['req_per_sec']} req/s ({estimate['rate_source']}), "
+        f"cost {estimate['estimated_cost']}\n"
+        f"real run: {job['usage']['input_tokens']} prompt tokens, {job['started_at']} -> {job['finished_at']}, "
+        f"engine {job['engine_seconds']} s, cost {job['cost']}\n"
+        f"estimate after it, --force: {measured['estimated_seconds']} s at {measured['req_per_sec']} req/s, "
+        f"cost {measured['estimated_cost']}; --reuse latest: {again['reused']} reused, {again['to_run']} to run\n"
+        f"{report.stdout}"
+    )

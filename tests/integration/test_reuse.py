@@ -148,3 +148,33 @@ def test_a_campaign_runs_once_per_tick_under_two_beats_and_its_next_run_reuses_a
     assert second["reuse_from"] == [first["job_id"]] and second["reused"] == 40
     assert second["usage"]["total_tokens"] == 0 and second["progress"]["completed"] == 40
     print(f"\ncampaign: beats sent {sends} ticks, {len(runs)} run(s); second run reused {second['reused']} of 40")
+
+
+def test_a_dry_run_counts_the_real_runs_prompt_tokens_and_leaves_nothing(s3_stack: Stack) -> None:
+    requests = candidate_requests(200, seed=31)
+    svc = s3_stack.services
+    keys_before = set(svc.jobs.redis.scan_iter(f"{svc.jobs.prefix}:*"))
+    objects_before = {i.key for i in s3_stack.storage.list("tenants/")}
+
+    queued = upload(s3_stack.client, jsonl(requests), "tiny-random", dry_run="true", completion_window="1s")
+    assert queued.status_code == 202, queued.get_json()
+    url = queued.get_json()["url"]
+    dry = wait_until(lambda: (b := s3_stack.client.get(url).get_json())["status"] != "queued" and b, 120)
+    assert dry["status"] == "done", dry
+    assert (dry["requests"], dry["reused"], dry["to_run"]) == (200, 0, 200)
+    assert len(dry["warnings"]) == 1 and "completion_window 1s cannot be met" in dry["warnings"][0]
+    assert s3_stack.client.delete(url).status_code == 200
+
+    # Nothing of it is left: no key of this stack's prefix, no object, no job.
+    assert set(svc.jobs.redis.scan_iter(f"{svc.jobs.prefix}:*")) == keys_before
+    assert {i.key for i in s3_stack.storage.list("tenants/")} == objects_before
+    assert s3_stack.client.get(url).status_code == 404
+
+    real, _ = run(s3_stack, requests)
+    assert dry["prompt_tokens"] == real["stats"]["prompt_tokens"] == real["usage"]["input_tokens"]
+    print(
+        f"\ndry run: {dry['requests']} requests, {dry['prompt_tokens']} prompt tokens, "
+        f"estimated {dry['estimated_seconds']:.1f} s at {dry['req_per_sec']} req/s ({dry['rate_source']}), "
+        f"cost {dry['estimated_cost']}; real run: {real['stats']['prompt_tokens']} prompt tokens, "
+        f"engine {real['engine_seconds']:.1f} s, wall {real['throughput']}, cost {real['cost']}"
+    )

@@ -50,6 +50,8 @@ PROTECTED = [
     ("patch", "/v1/tenants/acme"),
     ("post", "/v1/tenants/acme/webhook_secret"),
     ("get", "/v1/reports/costs"),
+    ("get", "/v1/estimates/est_x"),
+    ("delete", "/v1/estimates/est_x"),
     ("get", "/metrics"),
     ("get", "/v1/no-such-endpoint"),  # unknown paths too: no key, no map of the API
 ]
@@ -71,7 +73,9 @@ def test_every_endpoint_is_covered_by_the_list(app: Flask) -> None:
     for rule in app.url_map.iter_rules():
         if rule.rule in public:
             continue
-        example = rule.rule.replace("<job_id>", "batch_x").replace("<batch_id>", "batch_x")
+        example = (
+            rule.rule.replace("<job_id>", "batch_x").replace("<batch_id>", "batch_x").replace("<estimate_id>", "est_x")
+        )
         example = example.replace("<file_id>", "file-x").replace("<key_id>", "key_x").replace("<tenant>", "acme")
         assert example in listed, rule.rule
 
