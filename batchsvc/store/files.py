@@ -8,7 +8,6 @@ import dataclasses
 import hashlib
 import secrets
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +16,7 @@ import redis
 
 from batchsvc.access import DEFAULT_TENANT
 from batchsvc.errors import ErrorType, ServiceError
-from batchsvc.store.paging import fill_page, newest_first
+from batchsvc.store.paging import PagedIndex, newest_first
 
 
 class FileNotFound(ServiceError):
@@ -55,7 +54,7 @@ class FileRecord:
         return cls(**{k.decode(): orjson.loads(v) for k, v in raw.items() if k.decode() in names})
 
 
-class FileStore:
+class FileStore(PagedIndex[FileRecord]):
     """File records in Redis: `{p}:file:{id}` hashes, a `{p}:files` index and
     one `{p}:t:{tenant}:files` index per tenant."""
 
@@ -83,10 +82,10 @@ class FileStore:
         return FileRecord.from_fields(raw) if raw else None
 
     def get(self, file_id: str) -> FileRecord:
-        raw = self.redis.hgetall(self._key(file_id))
-        if not raw:
+        record = self.find(file_id)
+        if record is None:
             raise FileNotFound(file_id)
-        return FileRecord.from_fields(raw)
+        return record
 
     def delete(self, record: FileRecord) -> None:
         pipe = self.redis.pipeline()
@@ -102,15 +101,3 @@ class FileStore:
         if ids is None:
             raise FileNotFound(after or "")
         return ids
-
-    def page(
-        self, *, limit: int, after: str | None, tenant: str | None, keep: Callable[[FileRecord], bool] = lambda _: True
-    ) -> tuple[list[FileRecord], bool]:
-        """Up to `limit` records after the cursor, newest first, and whether more follow."""
-        return fill_page(
-            lambda n, cursor: self.list_ids(limit=n, after=cursor, tenant=tenant),
-            self.find,
-            limit=limit,
-            after=after,
-            keep=keep,
-        )

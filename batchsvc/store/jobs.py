@@ -19,7 +19,6 @@ import dataclasses
 import re
 import secrets
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import Any
@@ -29,7 +28,7 @@ import redis
 
 from batchsvc.access import DEFAULT_TENANT
 from batchsvc.errors import JobNotFound
-from batchsvc.store.paging import fill_page, newest_first
+from batchsvc.store.paging import PagedIndex, newest_first
 
 
 class JobStatus(StrEnum):
@@ -239,7 +238,7 @@ class ActiveLimitReached(Exception):
         self.limit = limit
 
 
-class JobStore:
+class JobStore(PagedIndex[Job]):
     def __init__(self, client: redis.Redis, prefix: str = "batchsvc"):
         # redis-py's stubs type replies as bytes | str | list...; we always use bytes.
         self.redis: Any = client
@@ -287,10 +286,10 @@ class JobStore:
         return Job.from_fields(raw) if raw else None
 
     def get(self, job_id: str) -> Job:
-        raw = self.redis.hgetall(self._key(job_id))
-        if not raw:
+        record = self.find(job_id)
+        if record is None:
             raise JobNotFound(job_id)
-        return Job.from_fields(raw)
+        return record
 
     def exists(self, job_id: str) -> bool:
         return bool(self.redis.exists(self._key(job_id)))
@@ -372,18 +371,6 @@ class JobStore:
     def count(self) -> int:
         """How many jobs the index holds, of every tenant."""
         return int(self.redis.zcard(self._index_key()))
-
-    def page(
-        self, *, limit: int, after: str | None, tenant: str | None, keep: Callable[[Job], bool] = lambda _: True
-    ) -> tuple[list[Job], bool]:
-        """Up to `limit` records after the cursor, newest first, and whether more follow."""
-        return fill_page(
-            lambda n, cursor: self.list_ids(limit=n, after=cursor, tenant=tenant),
-            self.find,
-            limit=limit,
-            after=after,
-            keep=keep,
-        )
 
     # --- progress ---
     def record_shard_progress(self, job_id: str, shard: int, counts: Counts) -> None:

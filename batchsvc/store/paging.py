@@ -7,7 +7,7 @@ after the record); a page skips such ids and reads further until it is full, so
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -48,3 +48,25 @@ def fill_page(
             break
         cursor = batch[-1]
     return found[:limit], len(found) > limit
+
+
+class PagedIndex(Generic[T]):
+    """What a record store with a newest-first index offers its list views."""
+
+    def list_ids(self, *, limit: int, after: str | None, tenant: str | None) -> list[str]:
+        raise NotImplementedError
+
+    def find(self, record_id: str) -> T | None:
+        raise NotImplementedError
+
+    def page(
+        self, *, limit: int, after: str | None, tenant: str | None, keep: Callable[[T], bool] = lambda _: True
+    ) -> tuple[list[T], bool]:
+        """Up to `limit` records after the cursor, newest first, and whether more follow."""
+        return fill_page(
+            lambda n, cursor: self.list_ids(limit=n, after=cursor, tenant=tenant),
+            self.find,
+            limit=limit,
+            after=after,
+            keep=keep,
+        )
