@@ -12,7 +12,8 @@ from marshmallow import RAISE, Schema, ValidationError, fields, post_load, valid
 from werkzeug.datastructures import FileStorage
 
 from batchsvc.inference.validation import DEFAULT_SUPPORTED_URLS
-from web.schemas import WINDOW, PageSchema
+from batchsvc.store.jobs import parse_priority
+from web.schemas import PRIORITY_HELP, WINDOW, PageSchema
 
 # The only purpose a client may upload; "batch_output" files are made by finalize.
 UPLOAD_PURPOSE = "batch"
@@ -76,9 +77,9 @@ class CreateBatchSchema(Schema):
     @validates("metadata")
     def _metadata(self, value: dict[str, str] | None, **_: Any) -> None:
         # Two keys mean something to batchsvc: "model" (a job has one model) and
-        # "priority", which the prepare task reads as an integer 0-9.
-        if value and "priority" in value and value["priority"] not in {str(n) for n in range(10)}:
-            raise ValidationError({"priority": ["must be a digit from '0' (last) to '9' (first)"]})
+        # "priority": a digit '0'-'9' or a word (batchsvc.store.jobs.PRIORITY_WORDS).
+        if value and "priority" in value and parse_priority(value["priority"]) is None:
+            raise ValidationError({"priority": [PRIORITY_HELP]})
 
     @post_load
     def _defaults(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:

@@ -9,9 +9,21 @@ from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, pre_loa
 from batchsvc import bounded_json
 from batchsvc.access import ROLE_NAMES, TENANT_PATTERN, TENANT_RULE
 from batchsvc.pipeline.submit import WINDOW_PATTERN
+from batchsvc.store.jobs import PRIORITY_WORDS, parse_priority
 
 # A completion window's shape; its length is bounded by submit_job (max_completion_window_s).
 WINDOW = validate.Regexp(WINDOW_PATTERN, error="a number and a unit: s, m, h or d (e.g. '24h')")
+
+PRIORITY_HELP = f"an integer 0-9 (higher runs sooner) or one of: {', '.join(PRIORITY_WORDS)}"
+
+
+class Priority(fields.Field):
+    """A job priority as the client wrote it: 0-9 or a word (batchsvc.store.jobs)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if parse_priority(value) is None:
+            raise ValidationError(PRIORITY_HELP)
+        return value
 
 
 class JobMetadataSchema(Schema):
@@ -20,7 +32,7 @@ class JobMetadataSchema(Schema):
 
     job_name = fields.String(validate=validate.Length(max=200))
     # Higher runs sooner, among jobs waiting for the same GPU workers.
-    priority = fields.Integer(validate=validate.Range(min=0, max=9), load_default=5)
+    priority = Priority(load_default=5)
 
 
 class SubmitBatchSchema(Schema):

@@ -193,7 +193,12 @@ def _reuse_form(reuse: str | None, reuse_from: tuple[str, ...], force: bool) -> 
 @click.option("--model", required=True, help="a model alias of the server, e.g. qwen3-4b")
 @click.option("--webhook-url", default=None)
 @click.option("--name", "job_name", default=None, help="metadata.job_name")
-@click.option("--priority", type=click.IntRange(0, 9), default=None, help="0-9, higher runs sooner")
+@click.option(
+    "--priority",
+    type=click.Choice(["high", "normal", "low", *map(str, range(10))]),
+    default=None,
+    help="high, normal, low, or 0-9; higher runs sooner",
+)
 @click.option("--wait", is_flag=True, help="follow the job with a progress bar until it ends")
 @_reuse_options
 @click.pass_obj
@@ -203,14 +208,15 @@ def submit(
     model: str,
     webhook_url: str | None,
     job_name: str | None,
-    priority: int | None,
+    priority: str | None,
     wait: bool,
     reuse: str | None,
     reuse_from: tuple[str, ...],
     force: bool,
 ) -> None:
     """Upload FILE (OpenAI batch JSONL) as a new job and print its id."""
-    metadata = {k: v for k, v in {"job_name": job_name, "priority": priority}.items() if v is not None}
+    sent = int(priority) if priority and priority.isdigit() else priority  # a digit goes as the number
+    metadata = {k: v for k, v in {"job_name": job_name, "priority": sent}.items() if v is not None}
     form = {"model": model, "metadata": orjson.dumps(metadata).decode(), **_reuse_form(reuse, reuse_from, force)}
     if webhook_url:
         form["webhook_url"] = webhook_url

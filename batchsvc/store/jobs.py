@@ -56,13 +56,31 @@ def job_error(code: str, message: str, param: str | None = None) -> dict[str, An
     return {"line": None, "code": code, "message": message, "param": param}
 
 
+# The seed API's words for priority, on the same 0-9 scale as the numbers
+# (higher runs sooner). A job keeps the form its client sent; only scheduling
+# reads the number.
+PRIORITY_WORDS = {"high": 8, "normal": 5, "low": 2}
+DEFAULT_PRIORITY = PRIORITY_WORDS["normal"]
+
+
+def parse_priority(value: Any) -> int | None:
+    """0-9 for a word of PRIORITY_WORDS or an integer 0-9 (OpenAI metadata sends
+    digits as strings); None for anything else."""
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in PRIORITY_WORDS:
+            return PRIORITY_WORDS[word]
+        value = int(word) if word.isdigit() else None
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 9:
+        return value
+    return None
+
+
 def job_priority(metadata: dict[str, Any]) -> int:
-    """A job's priority, 0-9 (higher runs sooner), default 5. The seed API stores
-    an int, OpenAI metadata a string; anything else counts as the default."""
-    try:
-        return max(0, min(9, int(metadata.get("priority", 5))))
-    except (TypeError, ValueError):
-        return 5
+    """A job's priority, 0-9 (higher runs sooner), default "normal" (5);
+    anything unreadable counts as the default."""
+    parsed = parse_priority(metadata.get("priority", DEFAULT_PRIORITY))
+    return DEFAULT_PRIORITY if parsed is None else parsed
 
 
 def new_job_id() -> str:

@@ -126,6 +126,16 @@ def test_list_shows_a_row_per_job_and_the_next_page(app: Flask, settings: Settin
     assert cli(settings, "list", "--after", second).stdout.splitlines()[1].split()[0] == first
 
 
+@pytest.mark.parametrize(("option", "sent"), [("high", "high"), ("low", "low"), ("7", 7)])
+def test_submit_sends_the_priority_as_given(
+    app: Flask, settings: Settings, services: Services, tmp_path: Path, option: str, sent: Any
+) -> None:
+    data = write_jsonl(tmp_path / "in.jsonl", ["a"])
+    result = cli(settings, "submit", str(data), "--model", MODEL, "--priority", option)
+    assert result.exit_code == 0, result.stderr
+    assert services.jobs.get(result.stdout.strip()).metadata == {"priority": sent}
+
+
 def test_the_api_key_is_sent_as_a_bearer_token(app: Flask, settings: Settings) -> None:
     from_env, from_option = grant(app, role=Role.VIEWER), grant(app, role=Role.VIEWER)
     assert cli(settings, "list", BATCHSVC_API_KEY=from_env).exit_code == 0

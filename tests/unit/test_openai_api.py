@@ -271,7 +271,8 @@ def test_files_list_after_an_unknown_file_is_404(client: FlaskClient) -> None:
         ({"metadata": {"k": "v" * 513}}, "metadata"),
         ({"metadata": {"n": 3}}, "metadata"),
         ({"metadata": ["a"]}, "metadata"),
-        ({"metadata": {"priority": "high"}}, "metadata"),
+        ({"metadata": {"priority": "urgent"}}, "metadata"),
+        ({"metadata": {"priority": "10"}}, "metadata"),
         ({"output_expires_after": {"anchor": "created_at", "seconds": 3600}}, "output_expires_after"),
     ],
 )
@@ -372,9 +373,13 @@ def test_a_new_batch_is_validating_and_queued_for_prepare(client: FlaskClient, s
     assert queued_prepares(settings) == [([batch["id"]], celery_priority(5))]
 
 
-def test_metadata_priority_is_the_prepare_priority(client: FlaskClient, settings: Settings) -> None:
-    batch = new_batch(client, jsonl(["a"]), metadata={"priority": "8"})
-    assert queued_prepares(settings) == [([batch["id"]], celery_priority(8))]
+@pytest.mark.parametrize(("sent", "number"), [("8", 8), ("high", 8), ("normal", 5), ("low", 2)])
+def test_metadata_priority_is_the_prepare_priority(
+    client: FlaskClient, settings: Settings, sent: str, number: int
+) -> None:
+    batch = new_batch(client, jsonl(["a"]), metadata={"priority": sent})
+    assert batch["metadata"] == {"priority": sent}  # as the client sent it
+    assert queued_prepares(settings) == [([batch["id"]], celery_priority(number))]
 
 
 def test_a_completed_batch_and_its_output_files(app: Flask, client: FlaskClient, services: Services) -> None:

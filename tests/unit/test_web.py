@@ -23,7 +23,7 @@ from batchsvc.services import Services
 from batchsvc.settings import Settings
 from batchsvc.storage import layout
 from batchsvc.store.jobs import Counts, Job, JobStatus, new_job_id
-from tasks.names import PREPARE, queue_keys
+from tasks.names import PREPARE, celery_priority, queue_keys
 from tests.support.client import error_of, grant
 from tests.support.client import upload as post_upload
 
@@ -160,11 +160,51 @@ def test_unknown_field_is_422(client: FlaskClient) -> None:
     assert named_fields(error) == {"temperature"}
 
 
-@pytest.mark.parametrize("priority", [-1, 10, "high"])
+@pytest.mark.parametrize("priority", [-1, 10, "urgent", "", True, 3.5, None])
 def test_metadata_priority_out_of_range_is_422(client: FlaskClient, priority: Any) -> None:
     error = error_of(submit_url(client, metadata={"priority": priority}), 422, "validation_error")
     assert named_fields(error) == {"metadata"}
     assert "priority" in error["details"]["fields"]["metadata"]
+
+
+# The seed design's own example of a submission, as a client written against it sends it.
+SEED_METADATA = {"job_name": "candidate-scoring-2026-01", "priority": "normal"}
+
+
+@pytest.mark.parametrize("form", ["json", "multipart"])
+def test_the_seeds_submit_body_with_priority_normal_is_accepted(
+    client: FlaskClient, services: Services, settings: Settings, form: str
+) -> None:
+    if form == "json":
+        response = client.post(
+            "/v1/batch",
+            json={
+                "model": MODEL,
+                "input_file_url": "https://files.example.com/candidates.jsonl",
+                "webhook_url": "https://hooks.example.com/batch-complete",
+                "metadata": SEED_METADATA,
+            },
+        )
+    else:
+        response = upload(client, jsonl(["a"]), metadata=orjson.dumps(SEED_METADATA).decode())
+    assert response.status_code == 202, response.get_json()
+    job_id = response.get_json()["job_id"]
+    # The job reports the priority in the client's words; the queue gets the number.
+    assert services.jobs.get(job_id).metadata == SEED_METADATA
+    assert client.get(f"/v1/batch/{job_id}").get_json()["metadata"] == SEED_METADATA
+    [message] = queued_messages(settings)
+    assert message["properties"]["priority"] == celery_priority(5)
+
+
+@pytest.mark.parametrize(("sent", "number"), [("high", 8), ("normal", 5), ("low", 2), ("HIGH", 8), (0, 0), (9, 9)])
+def test_priority_words_and_numbers_set_the_queue_priority(
+    client: FlaskClient, settings: Settings, sent: Any, number: int
+) -> None:
+    response = submit_url(client, metadata={"priority": sent})
+    assert response.status_code == 202, response.get_json()
+    assert response.get_json()["job_id"]
+    [message] = queued_messages(settings)
+    assert message["properties"]["priority"] == celery_priority(number)
 
 
 def test_unknown_metadata_field_is_422(client: FlaskClient) -> None:
