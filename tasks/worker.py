@@ -11,6 +11,7 @@ import os
 from celery import signals
 
 from batchsvc.inference.engine import get_engine
+from batchsvc.inference.models import ModelCatalog, ModelConfigError
 from batchsvc.services import current_services
 from batchsvc.settings import get_settings
 from batchsvc.telemetry import init_sentry
@@ -20,6 +21,10 @@ from tasks.schedule import beat_schedule
 log = logging.getLogger(__name__)
 
 app.conf.beat_schedule = beat_schedule(get_settings())
+try:  # a bad models.yaml entry stops the worker before it takes any task
+    ModelCatalog.from_settings(get_settings())
+except ModelConfigError as exc:
+    raise SystemExit(f"batchsvc worker: {exc}") from None
 
 
 @signals.worker_init.connect

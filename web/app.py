@@ -27,7 +27,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = BatchsvcFlask("batchsvc", static_folder=None)
     # Werkzeug answers 413 itself past this size: the file plus room for the form fields.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_file_bytes + 1024 * 1024
-    app.extensions["batchsvc"] = Services(settings)
+    app.extensions["batchsvc"] = services = Services(settings)
+    services.models  # noqa: B018  (reads and checks configs/models.yaml: a bad entry stops the API here)
     app.extensions["celery"] = create_celery(settings)
     if settings.forwarded_hops:
         hops = settings.forwarded_hops

@@ -6,7 +6,7 @@ under every model, so engine settings shared by all models are written once.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -25,6 +25,74 @@ class EngineKind(StrEnum):
 ENGINE_KINDS = tuple(kind.value for kind in EngineKind)
 
 
+class ModelConfigError(ValueError):
+    """A models.yaml entry that would not start: names the file, the model, the
+    field and what is allowed. Raised when the API or a worker starts."""
+
+
+def _choice(*allowed: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if value in allowed else f"one of {', '.join(allowed)}"
+
+    return check
+
+
+def _integer(low: int, high: int | None = None) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+        if ok and (high is None or value <= high):
+            return None
+        return f"an integer from {low}" + (f" to {high}" if high is not None else " up")
+
+    return check
+
+
+def _fraction(value: Any) -> str | None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= 1
+    return None if ok else "a number above 0 and at most 1"
+
+
+def _number(value: Any) -> str | None:
+    return None if isinstance(value, int | float) and not isinstance(value, bool) else "a number"
+
+
+def _boolean(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "true or false"
+
+
+def _mapping(value: Any) -> str | None:
+    return None if isinstance(value, Mapping) else "a mapping"
+
+
+# What a models.yaml entry may set in engine_args (they go to vllm.LLM(...) as
+# they are) and what each accepts. A field not listed here is refused, so a typo
+# stops start-up instead of being ignored by the engine.
+ENGINE_ARGS: dict[str, Callable[[Any], str | None]] = {
+    "dtype": _choice("auto", "bfloat16", "float16", "float32"),
+    "quantization": _choice("fp8", "awq", "gptq", "bitsandbytes", "compressed-tensors"),
+    "kv_cache_dtype": _choice("auto", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2"),
+    "max_model_len": _integer(16),
+    "max_num_seqs": _integer(1),
+    "max_num_batched_tokens": _integer(16),
+    "gpu_memory_utilization": _fraction,
+    "enable_prefix_caching": _boolean,
+    "tensor_parallel_size": _integer(1, 8),
+    "enforce_eager": _boolean,
+    "seed": _integer(0),
+    "structured_outputs_config": _mapping,
+}
+# Request fields a model may give a default for (a request's own value wins).
+DEFAULT_SAMPLING: dict[str, Callable[[Any], str | None]] = {
+    "temperature": _number,
+    "top_p": _fraction,
+    "top_k": _integer(-1),
+    "presence_penalty": _number,
+    "frequency_penalty": _number,
+    "repetition_penalty": _number,
+    "seed": _integer(0),
+}
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     alias: str
@@ -33,6 +101,8 @@ class ModelSpec:
     engine_args: Mapping[str, Any] = field(default_factory=dict)
     engine_env: Mapping[str, str] = field(default_factory=dict)
     chat_template_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    # Sampling a request gets for the fields it does not set (see DEFAULT_SAMPLING).
+    default_sampling: Mapping[str, Any] = field(default_factory=dict)
     # CPU engines in the worker's own process: torch's thread count, set before the
     # engine binds its threads (vLLM cannot change it after).
     torch_threads: int | None = None
@@ -52,6 +122,49 @@ class ModelSpec:
         return {self.alias, self.model}
 
 
+# The other fields of an entry and what each accepts.
+_ENTRY_FIELDS: dict[str, Callable[[Any], str | None]] = {
+    "model": lambda v: None if isinstance(v, str) and v else "a Hugging Face id or a local directory",
+    "engine": _choice(*ENGINE_KINDS),
+    "engine_args": _mapping,
+    "engine_env": lambda v: None if isinstance(v, Mapping) and all(isinstance(x, str) for x in v.values()) else (
+        "a mapping of names to strings"
+    ),
+    "chat_template_kwargs": _mapping,
+    "default_sampling": _mapping,
+    "torch_threads": _integer(1),
+    "max_tokens_cap": _integer(1),
+    "default_max_tokens": _integer(1),
+    "expected_req_per_sec": lambda v: None if _number(v) is None and v > 0 else "a number above 0",
+    "request_max_attempts": _integer(1, 10),
+}
+
+
+def check_entry(alias: str, entry: Mapping[str, Any]) -> list[str]:
+    """Every problem of one merged models.yaml entry, each naming the field."""
+    problems = []
+
+    def check(name: str, value: Any, rules: Mapping[str, Callable[[Any], str | None]]) -> None:
+        rule = rules.get(name.rsplit(".", 1)[-1])
+        if rule is None:
+            problems.append(f"{name}: unknown field; allowed: {', '.join(rules)}")
+        elif (wanted := rule(value)) is not None:
+            problems.append(f"{name}: {value!r} is not allowed; must be {wanted}")
+
+    if "model" not in entry:
+        problems.append("model: missing; must be a Hugging Face id or a local directory")
+    for name, value in entry.items():
+        check(name, value, _ENTRY_FIELDS)
+    for group, rules in (("engine_args", ENGINE_ARGS), ("default_sampling", DEFAULT_SAMPLING)):
+        if isinstance(entry.get(group), Mapping):
+            for name, value in entry[group].items():
+                check(f"{group}.{name}", value, rules)
+    cap, default = entry.get("max_tokens_cap", 4096), entry.get("default_max_tokens", 512)
+    if isinstance(cap, int) and isinstance(default, int) and default > cap:
+        problems.append(f"default_max_tokens: {default} is above max_tokens_cap ({cap})")
+    return problems
+
+
 def _merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in top.items():
@@ -63,16 +176,19 @@ def _merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def load_models(path: Path) -> dict[str, ModelSpec]:
-    with path.open() as fh:
-        data = yaml.safe_load(fh) or {}
+    """The catalogue of a models file, every entry checked (ModelConfigError)."""
+    try:
+        with path.open() as fh:
+            data = yaml.safe_load(fh) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ModelConfigError(f"{path}: cannot read the models file: {exc}") from None
     defaults = data.get("defaults") or {}
     specs: dict[str, ModelSpec] = {}
     for alias, entry in (data.get("models") or {}).items():
         merged = _merge(defaults, entry or {})
-        if "model" not in merged:
-            raise ValueError(f"{path}: model {alias!r} has no 'model'")
-        if merged.get("engine", EngineKind.VLLM) not in ENGINE_KINDS:
-            raise ValueError(f"{path}: model {alias!r} has unknown engine {merged['engine']!r}")
+        problems = check_entry(alias, merged)
+        if problems:
+            raise ModelConfigError(f"{path}: model {alias!r}: " + "; ".join(problems))
         model = str(merged.pop("model"))
         # Local model directories are written relative to the project root.
         if model.startswith(("./", "var/")):

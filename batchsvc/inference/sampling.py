@@ -49,7 +49,8 @@ def structured_for(response_format: dict[str, Any] | None) -> dict[str, Any] | N
 
 
 def engine_options(body: dict[str, Any], spec: ModelSpec) -> EngineOptions:
-    sampling: dict[str, Any] = {"max_tokens": max_tokens_for(body, spec)}
+    # The model's default sampling (e.g. temperature 0 for scoring), then what the request sets.
+    sampling: dict[str, Any] = {**spec.default_sampling, "max_tokens": max_tokens_for(body, spec)}
     for source, target in _PASS_THROUGH.items():
         if body.get(source) is not None:
             sampling[target] = body[source]
