@@ -11,9 +11,12 @@ text stops after a few tokens, instead of running to max_tokens.
 
 Usage::
 
-    python scripts/make_tiny_model.py [OUT_DIR] [--force] [--dtype float32|bfloat16]
+    python scripts/make_tiny_model.py [OUT_DIR] [--force] [--dtype float32|bfloat16] [--variant NAME]
 
-``OUT_DIR`` defaults to ``var/models/tiny-random`` (relative to the repository
+``--variant`` picks one of ``VARIANTS``: ``tiny-random`` (the default) or
+``tiny-random-2k``, a second model that differs from the first in its
+vocabulary (2,048 tokens) and its seed, so tests can tell the two apart.
+``OUT_DIR`` defaults to ``var/models/<variant>`` (relative to the repository
 root).  The directory is complete once ``.complete`` exists and records the
 recipe; if it does, the script exits at once without regenerating.  The model is
 built in a temporary sibling directory and moved into place, so a crash or a
@@ -37,10 +40,14 @@ RECIPE_VERSION = 1
 MARKER = ".complete"
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = REPO_ROOT / "var" / "models" / "tiny-random"
+MODELS_DIR = REPO_ROOT / "var" / "models"
 
 SEED = 20261127
 VOCAB_SIZE = 3072  # including special tokens; the trainer may stop short
+# name -> (seed, vocabulary target). The first is the original recipe, unchanged:
+# its files and its .complete marker stay exactly what recipe v1 made.
+VARIANTS = {"tiny-random": (SEED, VOCAB_SIZE), "tiny-random-2k": (SEED + 1, 2048)}
+DEFAULT_VARIANT = "tiny-random"
 
 BOS = "<|startoftext|>"
 EOS = "<|im_end|>"  # end of an assistant turn: what generation stops on
@@ -342,15 +349,19 @@ def build_corpus(n_sentences: int = 600) -> list[str]:
 # --------------------------------------------------------------------------
 
 
-def recipe(dtype: str) -> dict:
-    return {
+def recipe(dtype: str, variant: str = DEFAULT_VARIANT) -> dict:
+    seed, vocab_size = VARIANTS[variant]
+    made = {
         "recipe_version": RECIPE_VERSION,
-        "seed": SEED,
+        "seed": seed,
         "dtype": dtype,
-        "vocab_size_target": VOCAB_SIZE,
+        "vocab_size_target": vocab_size,
         **MODEL_SHAPE,
         "steer": [STEER_CONST, STEER_QUOTE, STEER_ENDER, STEER_EOS],
     }
+    if variant != DEFAULT_VARIANT:  # the default's marker keeps its v1 content
+        made["variant"] = variant
+    return made
 
 
 def is_complete(out_dir: Path, want: dict) -> bool:
@@ -361,7 +372,7 @@ def is_complete(out_dir: Path, want: dict) -> bool:
         return False
 
 
-def build_tokenizer():
+def build_tokenizer(vocab_size: int = VOCAB_SIZE):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -369,7 +380,7 @@ def build_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE,
+        vocab_size=vocab_size,
         min_frequency=1,
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
@@ -391,11 +402,11 @@ def build_tokenizer():
     return fast
 
 
-def build_model(tokenizer, dtype: str):
+def build_model(tokenizer, dtype: str, seed: int = SEED):
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)
     config = Qwen2Config(
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
@@ -447,12 +458,14 @@ def steer_outputs(model, tokenizer) -> dict:
     return {"quote_tokens": len(quote), "ender_tokens": len(enders)}
 
 
-def generate(out_dir: Path, dtype: str) -> dict:
+def generate(out_dir: Path, dtype: str, variant: str = DEFAULT_VARIANT) -> dict:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    seed, vocab_size = VARIANTS[variant]
+    want = recipe(dtype, variant)
     try:
-        tokenizer = build_tokenizer()
-        model, gen = build_model(tokenizer, dtype)
+        tokenizer = build_tokenizer(vocab_size)
+        model, gen = build_model(tokenizer, dtype, seed)
         model.save_pretrained(tmp)
         gen.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -464,15 +477,15 @@ def generate(out_dir: Path, dtype: str) -> dict:
             "vocab_size": len(tokenizer),
             "parameters": sum(p.numel() for p in model.parameters()),
         }
-        (tmp / MARKER).write_text(json.dumps(recipe(dtype), sort_keys=True))  # written last
+        (tmp / MARKER).write_text(json.dumps(want, sort_keys=True))  # written last
         if out_dir.exists():
-            if is_complete(out_dir, recipe(dtype)):  # a concurrent run won the race
+            if is_complete(out_dir, want):  # a concurrent run won the race
                 return info
             shutil.rmtree(out_dir)
         try:
             os.rename(tmp, out_dir)
         except OSError:
-            if not is_complete(out_dir, recipe(dtype)):
+            if not is_complete(out_dir, want):
                 raise
         return info
     finally:
@@ -482,8 +495,9 @@ def generate(out_dir: Path, dtype: str) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "out_dir", nargs="?", default=str(DEFAULT_OUT), help=f"target directory (default: {DEFAULT_OUT})"
+        "out_dir", nargs="?", default=None, help=f"target directory (default: {MODELS_DIR}/VARIANT)"
     )
+    parser.add_argument("--variant", choices=sorted(VARIANTS), default=DEFAULT_VARIANT, help="which tiny model")
     parser.add_argument(
         "--dtype",
         choices=["float32", "bfloat16"],
@@ -494,14 +508,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="regenerate even if complete")
     args = parser.parse_args(argv)
 
-    out_dir = Path(args.out_dir).resolve()
-    want = recipe(args.dtype)
+    out_dir = Path(args.out_dir).resolve() if args.out_dir else MODELS_DIR / args.variant
+    want = recipe(args.dtype, args.variant)
     if not args.force and is_complete(out_dir, want):
         print(f"tiny model already present at {out_dir} (recipe v{RECIPE_VERSION}); nothing to do")
         return 0
 
     t0 = time.monotonic()
-    info = generate(out_dir, args.dtype)
+    info = generate(out_dir, args.dtype, args.variant)
     print(
         f"wrote tiny model to {out_dir}: Qwen2ForCausalLM, {info['parameters']:,} parameters, "
         f"vocab {info['vocab_size']}, dtype {args.dtype}, recipe v{RECIPE_VERSION} "

@@ -32,6 +32,7 @@ if ! redis_up; then
 fi
 
 "$VENV/bin/python" scripts/make_tiny_model.py
+"$VENV/bin/python" scripts/make_tiny_model.py --variant tiny-random-2k  # the second test model (hot-swap, routing)
 
 # nginx: tests/deploy run the deployments' reverse proxy config for real.
 if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
