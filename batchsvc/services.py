@@ -20,6 +20,7 @@ from batchsvc.store.files import FileStore
 from batchsvc.store.jobs import JobStore
 from batchsvc.store.keys import KeyStore
 from batchsvc.store.tenants import TenantStore
+from batchsvc.store.workers import WorkerStore
 
 
 def signing_key(settings: Settings) -> bytes:
@@ -88,6 +89,10 @@ class Services:
     @cached_property
     def tenants(self) -> TenantStore:
         return TenantStore(self.state_redis, self.settings.redis_prefix)
+
+    @cached_property
+    def workers(self) -> WorkerStore:
+        return WorkerStore(self.state_redis, self.settings.redis_prefix, ttl_s=3 * self.settings.worker_heartbeat_s)
 
     @cached_property
     def storage(self) -> Storage:

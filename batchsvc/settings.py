@@ -51,6 +51,9 @@ class Settings:
     # is empty (their messages were lost), checking every sweep_interval_s.
     stall_after_s: int = 900
     sweep_interval_s: int = 60
+    # An LLM worker rewrites its record (model, state, current shard) this often;
+    # a record not rewritten for 3x this long counts as a worker that is gone.
+    worker_heartbeat_s: float = 10.0
     # A finished job's objects (input, shards, results) are deleted after this
     # long; its record stays, marked data_expired_at. Checked hourly by beat.
     retention_s: int = 7 * 24 * 3600

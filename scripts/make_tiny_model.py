@@ -494,9 +494,7 @@ def generate(out_dir: Path, dtype: str, variant: str = DEFAULT_VARIANT) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "out_dir", nargs="?", default=None, help=f"target directory (default: {MODELS_DIR}/VARIANT)"
-    )
+    parser.add_argument("out_dir", nargs="?", default=None, help=f"target directory (default: {MODELS_DIR}/VARIANT)")
     parser.add_argument("--variant", choices=sorted(VARIANTS), default=DEFAULT_VARIANT, help="which tiny model")
     parser.add_argument(
         "--dtype",

@@ -15,6 +15,8 @@ SWEEP = "batch.sweep"
 REDRIVE = "batch.redrive"
 RETENTION = "batch.retention"
 ESTIMATE = "batch.estimate"
+# The remote-control command that moves an LLM worker to another model (tasks/fleet.py).
+SWAP_MODEL = "swap_model"
 
 
 def llm_queue(settings: Settings, model: str) -> str:

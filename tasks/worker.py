@@ -1,20 +1,18 @@
 """Worker entry point: `celery -A tasks.worker worker ...` (also beat and flower).
 
 LLM workers set BATCHSVC_PRELOAD_MODEL to load their model as the worker
-starts, so the first shard finds the engine warm."""
+starts, so the first shard finds the engine warm (tasks/fleet.py)."""
 
 from __future__ import annotations
 
 import logging
-import os
 
 from celery import signals
 
-from batchsvc.inference.engine import get_engine
 from batchsvc.inference.models import ModelCatalog, ModelConfigError
-from batchsvc.services import current_services
 from batchsvc.settings import get_settings
 from batchsvc.telemetry import init_sentry
+from tasks import fleet as _fleet  # noqa: F401  (LLM worker records, model preload, hot-swap)
 from tasks.batch import app  # importing tasks.batch registers the tasks
 from tasks.schedule import beat_schedule
 
@@ -30,18 +28,6 @@ except ModelConfigError as exc:
 @signals.worker_init.connect
 def _init(**_: object) -> None:
     init_sentry(get_settings(), "worker")
-
-
-@signals.worker_ready.connect
-def _preload(**_: object) -> None:
-    alias = os.environ.get("BATCHSVC_PRELOAD_MODEL")
-    if not alias:
-        return
-    spec = current_services().models.get(alias)
-    if spec is None:
-        log.error("BATCHSVC_PRELOAD_MODEL=%s is not in the model catalogue", alias)
-        return
-    get_engine(spec)
 
 
 __all__ = ["app"]

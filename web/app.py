@@ -39,6 +39,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from web.admin_api import bp as admin_bp
     from web.api import bp
     from web.errors import register_error_handlers
+    from web.fleet_api import bp as fleet_bp
     from web.health import health
     from web.openai_api import bp as openai_bp
 
@@ -49,5 +50,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(bp)
     app.register_blueprint(openai_bp)
     app.register_blueprint(admin_bp)
+    app.register_blueprint(fleet_bp)
     app.register_blueprint(health)
     return app

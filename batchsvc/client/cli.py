@@ -494,5 +494,38 @@ def tenants_rotate(client: Client, tenant: str) -> None:
     click.echo(f"the previous secret stays valid until {made['previous_valid_until']} (unix time)", err=True)
 
 
+@main.group()
+def workers() -> None:
+    """See the LLM workers and move them between models (admin keys only)."""
+
+
+@workers.command("list")
+@click.pass_obj
+def workers_list(client: Client) -> None:
+    """Each live LLM worker: its model, state, current shard and last engine load."""
+    rows = [("NAME", "MODEL", "STATE", "SHARD", "LOADED", "LOAD_S", "SHARDS")]
+    for w in client.call("GET", "/v1/admin/workers")["data"]:
+        loaded = (
+            time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(w["engine_loaded_at"])) if w["engine_loaded_at"] else "-"
+        )
+        model = w["model"] or "-"
+        if w.get("swap_to"):
+            model += f" -> {w['swap_to']}"
+        load_s = f"{w['engine_load_s']:.1f}" if w["engine_load_s"] is not None else "-"
+        rows.append((w["name"], model, w["state"], w["current_shard"] or "-", loaded, load_s, str(w["shards_run"])))
+    _table(rows)
+
+
+@workers.command("swap")
+@click.argument("name")
+@click.argument("model")
+@click.pass_obj
+def workers_swap(client: Client, name: str, model: str) -> None:
+    """Move worker NAME (e.g. llm-gpu0@host) to MODEL without restarting it. It
+    finishes its current shard first; `batchsvc workers list` shows when it is done."""
+    client.call("POST", f"/v1/admin/workers/{name}/model", json={"model": model})
+    click.echo(f"{name} will move to {model} after its current shard", err=True)
+
+
 if __name__ == "__main__":
     main()

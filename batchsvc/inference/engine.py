@@ -155,7 +155,15 @@ class VLLMEngine:
         return EngineResult(request.custom_id, choices, prompt_tokens, latency, attempts=attempt, cached_tokens=cached)
 
     def close(self) -> None:
+        """Stop the engine and give its memory back (accelerator memory too), so
+        the next model can load in the same process (a hot-swap)."""
+        core = getattr(self.llm.llm_engine, "engine_core", None)
+        if core is not None:
+            core.shutdown()  # the engine-core process, when vLLM runs one
         del self.llm
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+        cleanup_dist_env_and_memory()  # the process groups, gc, and the CUDA cache on GPUs
 
 
 def _index(completion: Any) -> int:
@@ -242,6 +250,17 @@ _ENGINE_KINDS: dict[str, Callable[[ModelSpec], Engine]] = {
     EngineKind.INSTANT: InstantEngine,
 }
 _warm: dict[str, Engine] = {}
+
+
+def loaded_models() -> list[str]:
+    """Aliases of the engines this process holds warm."""
+    return list(_warm)
+
+
+def unload_engines() -> None:
+    """Close every warm engine of this process (before it loads another model)."""
+    while _warm:
+        _warm.popitem()[1].close()
 
 
 def get_engine(spec: ModelSpec) -> Engine:

@@ -127,8 +127,10 @@ _ENTRY_FIELDS: dict[str, Callable[[Any], str | None]] = {
     "model": lambda v: None if isinstance(v, str) and v else "a Hugging Face id or a local directory",
     "engine": _choice(*ENGINE_KINDS),
     "engine_args": _mapping,
-    "engine_env": lambda v: None if isinstance(v, Mapping) and all(isinstance(x, str) for x in v.values()) else (
-        "a mapping of names to strings"
+    "engine_env": lambda v: (
+        None
+        if isinstance(v, Mapping) and all(isinstance(x, str) for x in v.values())
+        else ("a mapping of names to strings")
     ),
     "chat_template_kwargs": _mapping,
     "default_sampling": _mapping,

@@ -51,7 +51,7 @@ def answered(tmp_path: Path) -> list[str]:
 
 
 def shard_start_order(custom_ids: list[str]) -> list[str]:
-    """"low/3" for the shard holding low-015..low-019, in the order each shard's first request ran."""
+    """ "low/3" for the shard holding low-015..low-019, in the order each shard's first request ran."""
     order: list[str] = []
     for custom_id in custom_ids:
         prefix, number = custom_id.split("-")
