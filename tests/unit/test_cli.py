@@ -136,6 +136,39 @@ def test_submit_sends_the_priority_as_given(
     assert services.jobs.get(result.stdout.strip()).metadata == {"priority": sent}
 
 
+def test_workers_list_and_swap(app: Flask, settings: Settings, services: Services) -> None:
+    from batchsvc.store.workers import WorkerRecord
+
+    services.workers.save(
+        WorkerRecord(
+            name="llm-gpu0@host", model="tiny-random", state="busy", current_shard="batch_x/2", engine_load_s=3.25
+        )
+    )
+    admin = {"BATCHSVC_API_KEY": grant(app, role=Role.ADMIN)}
+
+    swap = cli(settings, "workers", "swap", "llm-gpu0@host", "tiny-random-2k", **admin)
+    listed = cli(settings, "workers", "list", **admin)
+
+    assert swap.exit_code == 0, swap.stderr
+    assert "after its current shard" in swap.stderr
+    assert listed.exit_code == 0, listed.stderr
+    header, row = listed.stdout.splitlines()
+    assert header.split() == ["NAME", "MODEL", "STATE", "SHARD", "LOADED", "LOAD_S", "SHARDS"]
+    assert row.split() == [
+        "llm-gpu0@host",
+        "tiny-random",
+        "->",
+        "tiny-random-2k",
+        "swapping",
+        "batch_x/2",
+        "-",
+        "3.2",
+        "0",
+    ]
+    refused = cli(settings, "workers", "swap", "llm-gpu0@host", "gpt-17", **admin)
+    assert refused.exit_code == 2 and "gpt-17" in refused.stderr
+
+
 def test_the_api_key_is_sent_as_a_bearer_token(app: Flask, settings: Settings) -> None:
     from_env, from_option = grant(app, role=Role.VIEWER), grant(app, role=Role.VIEWER)
     assert cli(settings, "list", BATCHSVC_API_KEY=from_env).exit_code == 0
