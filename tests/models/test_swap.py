@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from batchsvc.store.keys import Role
-from tasks.celery_app import llm_queue, queue_keys
+from tasks.names import llm_queue, queue_keys
 from tests.conftest import make_settings
 from tests.support.client import grant, keyed_client, upload
 from tests.support.invariants import assert_each_request_once, lines_of
