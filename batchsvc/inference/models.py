@@ -139,6 +139,7 @@ _ENTRY_FIELDS: dict[str, Callable[[Any], str | None]] = {
     "default_max_tokens": _integer(1),
     "expected_req_per_sec": lambda v: None if _number(v) is None and v > 0 else "a number above 0",
     "request_max_attempts": _integer(1, 10),
+    "gpu_hour_price": lambda v: None if v is None or (_number(v) is None and v >= 0) else "a number from 0 up",
 }
 
 

@@ -52,6 +52,9 @@ PROTECTED = [
     ("get", "/v1/reports/costs"),
     ("get", "/v1/estimates/est_x"),
     ("delete", "/v1/estimates/est_x"),
+    ("get", "/v1/models"),
+    ("get", "/v1/admin/workers"),
+    ("post", "/v1/admin/workers/llm-gpu0@host/model"),
     ("get", "/metrics"),
     ("get", "/v1/no-such-endpoint"),  # unknown paths too: no key, no map of the API
 ]
@@ -77,6 +80,7 @@ def test_every_endpoint_is_covered_by_the_list(app: Flask) -> None:
             rule.rule.replace("<job_id>", "batch_x").replace("<batch_id>", "batch_x").replace("<estimate_id>", "est_x")
         )
         example = example.replace("<file_id>", "file-x").replace("<key_id>", "key_x").replace("<tenant>", "acme")
+        example = example.replace("<name>", "llm-gpu0@host")
         assert example in listed, rule.rule
 
 
