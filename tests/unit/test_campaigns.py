@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from batchsvc.pipeline.campaigns import run_id, submit_run
+from batchsvc.pipeline.submit import submit_job
 from batchsvc.services import Services
-from batchsvc.store.jobs import JobStatus
+from batchsvc.store.jobs import Job, JobExists, JobStatus
 from tasks.schedule import every, scheduled_slot
 
 ENTRY = {
@@ -58,3 +59,16 @@ def test_a_tick_while_the_last_run_is_active_is_skipped(services: Services) -> N
     services.jobs.transition(first.id, JobStatus.COMPLETED, expect={JobStatus.QUEUED})
     later = submit_run(services, ENTRY, ts("2026-12-03T02:00:00"), sent.append)
     assert later is not None and sent == [first.id, later.id]
+
+
+def test_a_run_id_is_created_once_even_when_two_submissions_race(services: Services) -> None:
+    job_id = run_id("default", "nightly", 1_000_000)
+    sent: list[str] = []
+    first = submit_job(services, tenant="default", model="instant-test", input_url=ENTRY["input_file_url"],
+                       enqueue=sent.append, job_id=job_id)  # fmt: skip
+    again = submit_job(services, tenant="default", model="instant-test", input_url=ENTRY["input_file_url"],
+                       enqueue=sent.append, job_id=job_id)  # fmt: skip
+    assert first.id == again.id == job_id and sent == [job_id]
+    # Two that both passed the existence check: the store's create is the arbiter.
+    with pytest.raises(JobExists):
+        services.jobs.create(Job(id=job_id, model="instant-test"), if_absent=True)
