@@ -123,6 +123,11 @@ class Settings:
     progress_every: int = 100  # publish progress at least every N finished requests
     progress_interval_s: float = 2.0  # ... and at least this often while requests finish
 
+    # The budget of one structured-output grammar compile on an LLM worker
+    # (batchsvc/inference/grammar_budget.py); past it, that request alone fails.
+    grammar_compile_timeout_s: float = 10.0
+    grammar_compile_memory_mb: int = 2048
+
     # --- Webhooks ---
     webhook_timeout_s: float = 10.0
     webhook_max_attempts: int = 8

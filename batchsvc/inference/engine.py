@@ -21,9 +21,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from batchsvc.errors import without_server_paths
+from batchsvc.inference.grammar_budget import Budget, Compiler, GrammarRefused
 from batchsvc.inference.models import EngineKind, ModelSpec
 from batchsvc.inference.outputs import CHAT_URL, Choice, RequestFailure, TokenLogprob
 from batchsvc.inference.sampling import EngineOptions, engine_options
+from batchsvc.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,7 @@ class VLLMEngine:
         started = time.monotonic()
         self.llm = LLM(model=spec.model, **dict(spec.engine_args))
         self.load_seconds = time.monotonic() - started
+        self.grammars = _grammar_compiler(spec)
         log.info("loaded %s (%s) in %.1fs", spec.alias, spec.model, self.load_seconds)
 
     def _params(self, options: EngineOptions) -> Any:
@@ -83,6 +86,11 @@ class VLLMEngine:
 
     def _enqueue(self, request: EngineRequest) -> str:
         options = engine_options(request.body, self.spec)
+        if options.structured and "json" in options.structured:
+            verdict = self.grammars.check(options.structured["json"])
+            if not verdict.ok:
+                log.warning("request %s refused: %s", request.custom_id, verdict.reason)
+                raise GrammarRefused(f"response_format.json_schema refused: {verdict.reason}")
         params = self._params(options)
         if request.url == CHAT_URL:
             ids = self.llm.enqueue_chat(
@@ -157,6 +165,7 @@ class VLLMEngine:
     def close(self) -> None:
         """Stop the engine and give its memory back (accelerator memory too), so
         the next model can load in the same process (a hot-swap)."""
+        self.grammars.close()
         core = getattr(self.llm.llm_engine, "engine_core", None)
         if core is not None:
             core.shutdown()  # the engine-core process, when vLLM runs one
@@ -164,6 +173,15 @@ class VLLMEngine:
         from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
         cleanup_dist_env_and_memory()  # the process groups, gc, and the CUDA cache on GPUs
+
+
+def _grammar_compiler(spec: ModelSpec) -> Compiler:
+    """The compile check of this model's grammars, as vLLM's xgrammar backend compiles them."""
+    settings = get_settings()
+    structured = dict(spec.engine_args.get("structured_outputs_config") or {})
+    tokenizer = str(spec.engine_args.get("tokenizer") or spec.model)
+    budget = Budget(settings.grammar_compile_timeout_s, settings.grammar_compile_memory_mb)
+    return Compiler(tokenizer, not structured.get("disable_any_whitespace", False), budget)
 
 
 def _index(completion: Any) -> int:
@@ -192,7 +210,13 @@ def _failure_from(exc: Exception) -> RequestFailure:
     # vLLM words this two ways: a cheap character bound before tokenizing, and
     # the exact token count after.
     too_long = "maximum context length" in message or "maximum model length" in message
-    code = "context_length_exceeded" if too_long else "invalid_request"
+    code = (
+        "context_length_exceeded"
+        if too_long
+        else GrammarRefused.code
+        if isinstance(exc, GrammarRefused)
+        else "invalid_request"
+    )
     param = getattr(exc, "parameter", None)
     return RequestFailure(code=code, message=message, status_code=400, param=param)
 

@@ -25,6 +25,7 @@ from typing import Any, BinaryIO, NamedTuple
 import orjson
 
 from batchsvc.inference.outputs import CHAT_URL, COMPLETIONS_URL
+from batchsvc.inference.schema_limits import schema_problem
 
 DEFAULT_SUPPORTED_URLS = frozenset({CHAT_URL, COMPLETIONS_URL})
 
@@ -206,6 +207,9 @@ def _json_schema(spec: Any) -> str | None:
         return "json_schema.name must be a non-empty string"
     if not isinstance(spec.get("schema"), dict):
         return "json_schema.schema must be an object"
+    problem = schema_problem(spec["schema"])
+    if problem is not None:
+        return f"json_schema.schema is over a limit: {problem}"
     if "strict" in spec and not isinstance(spec["strict"], bool):
         return "json_schema.strict must be a boolean"
     if "description" in spec and not isinstance(spec["description"], str):

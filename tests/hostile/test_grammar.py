@@ -1,0 +1,118 @@
+"""Bounded grammar work on the real engine (issue 9, row 3): schemas over a limit
+fail their line at validation, naming the limit; a schema within the limits whose
+grammar still busts the compile budget fails alone, and the other requests of its
+shard run; cancel takes effect during such a compile. The figures the issue asks
+for are printed (pytest -s) and recorded as test properties."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from batchsvc.inference.schema_limits import SCHEMA_LIMITS
+from tests.conftest import make_settings
+from tests.support.client import upload
+from tests.support.invariants import fetch, lines_of
+from tests.support.stack import Stack, unique_names, wait_until
+
+MODEL = "tiny-random"
+# Within every static limit (18 characters), yet xgrammar does not compile it in 30 s.
+PATHOLOGICAL = {"type": "string", "pattern": "(a|b|c|d|e){1,5000}"}
+
+
+def properties(count: int) -> dict[str, Any]:
+    return {"type": "object", "properties": {f"p{i}": {"type": "string", "maxLength": 3} for i in range(count)}}
+
+
+def line(custom_id: str, schema: dict[str, Any] | None = None) -> bytes:
+    body: dict[str, Any] = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+    if schema is not None:
+        body["response_format"] = {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}
+    return orjson.dumps({"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body})
+
+
+@pytest.fixture(scope="module")
+def llm_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("grammar-stack")
+    stack = Stack(make_settings(tmp, **unique_names()), tmp, llm_models=[MODEL])
+    try:
+        yield stack.start()
+    finally:
+        stack.stop()
+
+
+def submit(stack: Stack, lines: list[bytes]) -> str:
+    response = upload(stack.client, b"\n".join(lines) + b"\n", MODEL)
+    assert response.status_code == 202, response.get_json()
+    return str(response.get_json()["job_id"])
+
+
+def peak_rss_mb(pid: int) -> float:
+    for row in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if row.startswith("VmHWM:"):
+            return int(row.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_a_schema_over_a_limit_fails_its_line_at_validation_naming_the_limit(
+    llm_stack: Stack, record_property: pytest.RecordProperty
+) -> None:
+    refused = properties(25_000)  # the issue's reproduction: a 1 MB line, 25,000 properties
+    started = time.monotonic()
+    job_id = submit(llm_stack, [line("ok"), line("huge", refused)])
+    job = llm_stack.wait_for_job(job_id, timeout=60, interval=0.05)
+    seconds = time.monotonic() - started
+    assert job["status"] == "failed"
+    [error] = job["errors"]
+    assert error["line"] == 2 and "max_schema_bytes" in error["message"], error
+    over = submit(llm_stack, [line("p", properties(SCHEMA_LIMITS.max_properties + 1))])
+    [error] = llm_stack.wait_for_job(over, timeout=60, interval=0.05)["errors"]
+    assert "max_properties" in error["message"], error
+    record_property("refused_25000_properties_s", seconds)
+    print(f"a 25,000-property schema (1 MB line) refused, job failed, {seconds:.2f} s after submit")
+
+
+def test_the_largest_allowed_schema_runs_and_a_grammar_over_budget_fails_alone(
+    llm_stack: Stack, record_property: pytest.RecordProperty
+) -> None:
+    largest = properties(SCHEMA_LIMITS.max_properties)
+    job_id = submit(llm_stack, [line("before"), line("largest", largest), line("slow", PATHOLOGICAL), line("after")])
+    job = llm_stack.wait_for_job(job_id, timeout=300)
+    assert job["status"] == "completed", job
+    body = llm_stack.client.get(f"/v1/batch/{job_id}/results").get_json()
+    results = {r["custom_id"]: r for r in lines_of(fetch(llm_stack, body["results_url"]))}
+    errors = {e["custom_id"]: e for e in lines_of(fetch(llm_stack, body["errors_url"]))}
+    assert set(results) == {"before", "largest", "after"} and set(errors) == {"slow"}
+    refusal = errors["slow"]["response"]["body"]["error"]
+    assert (errors["slow"]["response"]["status_code"], refusal["code"]) == (400, "grammar_budget_exceeded"), refusal
+    assert "longer than 10 s" in refusal["message"]
+    assert results["largest"]["response"]["status_code"] == 200  # (8 tokens: the JSON is cut short)
+    peak = peak_rss_mb(llm_stack.llm.process.pid)  # type: ignore[union-attr]
+    record_property("llm_worker_peak_mb", peak)
+    print(f"LLM worker peak RSS, largest allowed schema ({SCHEMA_LIMITS.max_properties} properties): {peak:.0f} MB")
+
+
+def test_cancel_takes_effect_during_a_compile(llm_stack: Stack, record_property: pytest.RecordProperty) -> None:
+    # Another schema than the test above's: the worker keeps its verdicts per schema.
+    slow = {**PATHOLOGICAL, "pattern": "(a|b|c|d|e){1,5001}"}
+    job_id = submit(llm_stack, [line("slow", slow)] + [line(f"r{i}") for i in range(20)])
+    wait_until(
+        lambda: llm_stack.client.get(f"/v1/batch/{job_id}").get_json()["status"] == "in_progress",
+        120,
+        interval=0.05,
+        what="the job running",
+    )
+    time.sleep(1)  # the shard has handed its first request to the compile check by now
+    started = time.monotonic()
+    assert llm_stack.client.post(f"/v1/batch/{job_id}/cancel").status_code == 200
+    job = llm_stack.wait_for_job(job_id, timeout=120, interval=0.1)
+    seconds = time.monotonic() - started
+    assert job["status"] == "cancelled"
+    record_property("cancel_during_compile_s", seconds)
+    print(f"cancel during a compile: cancelled {seconds:.1f} s after the cancel")
+    assert seconds < 30, seconds
