@@ -143,6 +143,19 @@ class Settings:
     sentry_dsn: str | None = None
     environment: str = "development"
     log_level: str = "INFO"
+    log_format: str = "text"  # "text" for people, "json" (one object a line) for log collectors
+    # Job stats and metrics count the values of this field of JSON answers (empty: none).
+    answer_field: str = "recommendation"
+    # A Celery worker serves its Prometheus metrics on this port (0: none); the API serves /metrics.
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
+    # /readyz asks a live LLM worker of each of these models (comma-separated; empty: none).
+    worker_models: str = ""
+    readiness_timeout_s: float = 1.0
+    readiness_cache_s: float = 5.0
+    # Flower asks for this user and password (basic auth); both must be set for `make up`'s Flower.
+    flower_user: str = "admin"
+    flower_password: str = ""
     schedule_file: str = "configs/schedule.yaml"
 
     def path(self, value: str) -> Path:

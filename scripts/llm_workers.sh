@@ -6,6 +6,8 @@
 #
 #   BATCHSVC_WORKER_MODELS  comma-separated model aliases this host serves
 #                           (default: qwen3-4b with GPUs, tiny-random without)
+#   BATCHSVC_METRICS_PORT   the first worker's Prometheus port (default 9102); the
+#                           worker of GPU N serves on that port + N
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CELERY=${CELERY:-.venv/bin/celery}
@@ -23,11 +25,13 @@ MODELS=${BATCHSVC_WORKER_MODELS:-$DEFAULT_MODELS}
 PREFIX=${BATCHSVC_LLM_QUEUE_PREFIX:-llm}
 QUEUES=$(echo "$MODELS" | tr ',' '\n' | sed "s/^/$PREFIX./" | paste -sd, -)
 export BATCHSVC_PRELOAD_MODEL=${MODELS%%,*}
+METRICS_PORT=${BATCHSVC_METRICS_PORT:-9102}
 
 WORKER=("$CELERY" -A tasks.worker worker -Q "$QUEUES" --pool solo --prefetch-multiplier 1 --loglevel INFO)
 
 if [ ${#GPUS[@]} -eq 0 ]; then
     # exec: the worker itself is the process `make up` watches.
+    export BATCHSVC_METRICS_PORT=$METRICS_PORT
     exec "${WORKER[@]}" -n "llm-cpu@%h"
 fi
 if [ ${#GPUS[@]} -eq 1 ]; then
@@ -35,11 +39,12 @@ if [ ${#GPUS[@]} -eq 1 ]; then
     # TERM of `docker stop` or Kubernetes itself, and no exit of this script cuts its
     # warm shutdown short.
     export CUDA_VISIBLE_DEVICES=${GPUS[0]}
+    export BATCHSVC_METRICS_PORT=$((METRICS_PORT + GPUS[0]))
     exec "${WORKER[@]}" -n "llm-gpu${GPUS[0]}@%h"
 fi
 
 trap 'kill 0' INT TERM EXIT
 for gpu in "${GPUS[@]}"; do
-    CUDA_VISIBLE_DEVICES=$gpu "${WORKER[@]}" -n "llm-gpu$gpu@%h" &
+    CUDA_VISIBLE_DEVICES=$gpu BATCHSVC_METRICS_PORT=$((METRICS_PORT + gpu)) "${WORKER[@]}" -n "llm-gpu$gpu@%h" &
 done
 wait

@@ -31,6 +31,14 @@ if ! redis_up; then
     for _ in $(seq 50); do redis_up && break; sleep 0.1; done
 fi
 
+# Prometheus and promtool: the alert rules are checked and unit-tested with them, and the
+# observability tests scrape a test stack with a real Prometheus.
+if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+    echo "==> installing prometheus (server and promtool)"
+    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq prometheus >/dev/null
+fi
+
 "$VENV/bin/python" scripts/make_tiny_model.py
 "$VENV/bin/python" scripts/make_tiny_model.py --variant tiny-random-2k  # the second test model (hot-swap, routing)
 

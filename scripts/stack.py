@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -92,6 +93,8 @@ def bootstrap_key() -> str:
 
 def start(name: str, command: str) -> int:
     RUN.mkdir(parents=True, exist_ok=True)
+    # Prometheus multiprocess files of the last run (var/metrics/<name>) must not add in.
+    shutil.rmtree(ROOT / "var" / "metrics" / name, ignore_errors=True)
     LOGS.mkdir(parents=True, exist_ok=True)
     log = (LOGS / f"{name}.log").open("ab")
     process = subprocess.Popen(

@@ -13,6 +13,7 @@ from datetime import timedelta
 import redis.exceptions
 from celery import Task, chord
 
+from batchsvc import metrics
 from batchsvc.access import DEFAULT_TENANT
 from batchsvc.outbound import webhooks
 from batchsvc.outbound.netguard import Allowlist
@@ -132,6 +133,10 @@ def shard(self: Task, job_id: str, index: int, tenant: str = DEFAULT_TENANT) -> 
     job = layout.JobKey(tenant, job_id)
     cap = svc.settings.shard_max_attempts
     counted, attempt = False, 0
+    delivery = self.request.delivery_info or {}
+    redelivered = bool(delivery.get("redelivered") or getattr(self.request, "redelivered", False))
+    model = (delivery.get("routing_key") or "").removeprefix(f"{svc.settings.llm_queue_prefix}.")
+    metrics.SHARD_REDELIVERIES.labels(model).inc(int(redelivered))  # a 0 too: the series exists from the start
     try:
         finished = finished_shard(svc.storage, job, index)
         if finished is not None:

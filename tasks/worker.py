@@ -5,11 +5,20 @@ starts, so the first shard finds the engine warm (tasks/fleet.py)."""
 
 from __future__ import annotations
 
+import inspect
 import logging
+import os
+import time
+from typing import Any
 
+import redis
 from celery import signals
 
+from batchsvc import logs, metrics
+from batchsvc.inference.engine import warm_engine_stats
 from batchsvc.inference.models import ModelCatalog, ModelConfigError
+from batchsvc.pipeline.monitoring import record_worker_start
+from batchsvc.services import current_services
 from batchsvc.settings import get_settings
 from batchsvc.telemetry import init_sentry
 from tasks import fleet as _fleet  # noqa: F401  (LLM worker records, model preload, hot-swap)
@@ -25,9 +34,73 @@ except ModelConfigError as exc:
     raise SystemExit(f"batchsvc worker: {exc}") from None
 
 
+@signals.setup_logging.connect
+def _logging(**_: object) -> None:
+    """Connected, so Celery leaves logging to us (worker, beat and flower alike)."""
+    settings = get_settings()
+    logs.configure_logging(settings.log_format, settings.log_level, "worker")
+
+
+@signals.celeryd_init.connect
+def _quiet(instance: Any = None, **_: object) -> None:
+    """JSON logs start before Celery's checks warn, and without its text banner."""
+    settings = get_settings()
+    if settings.log_format == "json":
+        logs.capture_stdio("worker")
+        if instance is not None:
+            instance.quiet = True
+    logs.configure_logging(settings.log_format, settings.log_level, "worker")
+
+
 @signals.worker_init.connect
 def _init(**_: object) -> None:
     init_sentry(get_settings(), "worker")
+    metrics.reset_multiprocess_dir()  # before the pool forks: last run's files must not add in
+
+
+@signals.worker_ready.connect
+def _observe(sender: Any = None, **_: object) -> None:
+    settings = get_settings()
+    name = getattr(sender, "hostname", None) or "worker"
+    metrics.WORKER_START_TIME.labels(name).set(time.time())
+    try:
+        record_worker_start(current_services(), name)
+    except redis.RedisError as exc:  # the worker still serves; the restart alert misses this start
+        log.warning("could not count this worker's start: %s", exc)
+    if settings.metrics_port:
+        metrics.start_worker_exporter(
+            settings.metrics_port,
+            settings.metrics_host,
+            metrics.SystemCollector([str(settings.path("var"))]),
+            metrics.GPUCollector.shared(),
+            metrics.EngineStatsCollector(warm_engine_stats),
+        )
+
+
+@signals.worker_process_shutdown.connect
+def _child_exit(pid: int | None = None, **_: object) -> None:
+    metrics.process_exited(pid or os.getpid())
+
+
+@signals.task_prerun.connect
+def _job_context(task: Any = None, args: Any = (), kwargs: Any = None, **_: object) -> None:
+    """Lines a task writes name its job, shard and tenant."""
+    try:
+        bound = inspect.signature(task.run).bind_partial(*(args or ()), **(kwargs or {})).arguments
+    except (TypeError, ValueError):
+        return
+    job_id, tenant = bound.get("job_id"), bound.get("tenant")
+    if job_id and not tenant:
+        try:
+            tenant = current_services().jobs.get(job_id).tenant
+        except Exception:  # the job is gone, or Redis is down: log without a tenant
+            tenant = None
+    logs.set_job_context(job_id=job_id, shard=bound.get("index"), tenant=tenant)
+
+
+@signals.task_postrun.connect
+def _end_job_context(**_: object) -> None:
+    logs.reset_job_context()
 
 
 __all__ = ["app"]

@@ -239,6 +239,8 @@ def job_view(svc: Services, job: Job) -> dict[str, Any]:
     if job.errors:
         view["errors"] = job.errors
         view["error_count"] = job.error_count
+    if job.stats and "quality" in job.stats:  # schema validity and the answer field's values
+        view["quality"] = job.stats["quality"]
     if job.data_expired_at is not None:
         view["data_expired_at"] = iso(job.data_expired_at)
     return view

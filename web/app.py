@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import logging
-
 from flask import Flask, Response
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from batchsvc.logs import configure_logging
 from batchsvc.services import Services
 from batchsvc.settings import Settings, get_settings
 from batchsvc.telemetry import init_sentry
@@ -33,7 +32,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     if settings.forwarded_hops:
         hops = settings.forwarded_hops
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
-    logging.basicConfig(level=settings.log_level)
+    configure_logging(settings.log_format, settings.log_level, "web")
 
     from web import audit, auth
     from web.admin_api import bp as admin_bp
@@ -41,12 +40,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     from web.errors import register_error_handlers
     from web.fleet_api import bp as fleet_bp
     from web.health import health
+    from web.instrument import install as instrument
     from web.openai_api import bp as openai_bp
 
     app.wsgi_app = guard_input(app.wsgi_app)  # type: ignore[method-assign]
     register_error_handlers(app)
     audit.install(app)
     auth.install(app)
+    instrument(app)
     app.register_blueprint(bp)
     app.register_blueprint(openai_bp)
     app.register_blueprint(admin_bp)

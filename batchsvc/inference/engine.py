@@ -20,6 +20,7 @@ from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from batchsvc import metrics
 from batchsvc.errors import without_server_paths
 from batchsvc.inference.grammar_budget import Budget, Compiler, GrammarRefused
 from batchsvc.inference.models import EngineKind, ModelSpec
@@ -58,6 +59,18 @@ class Engine(Protocol):
 
     def close(self) -> None: ...
 
+    def stats(self) -> dict[str, float]:
+        """The engine's own statistics, named as EngineStatsCollector exports them."""
+        ...
+
+
+# vLLM's metric names -> ours; vLLM keeps them in its process's Prometheus registry.
+_VLLM_GAUGES = {
+    "vllm:kv_cache_usage_perc": "kv_cache_usage_ratio",  # a fraction despite the name
+    "vllm:num_requests_running": "requests_running",
+    "vllm:num_requests_waiting": "requests_waiting",
+}
+
 
 class VLLMEngine:
     def __init__(self, spec: ModelSpec):
@@ -71,8 +84,12 @@ class VLLMEngine:
 
         self.spec = spec
         started = time.monotonic()
-        self.llm = LLM(model=spec.model, **dict(spec.engine_args))
+        # LLM() turns vLLM's statistics off unless asked; stats() reads them. A
+        # progress bar of the weights' loading is noise in a worker's log.
+        defaults = {"disable_log_stats": False, "use_tqdm_on_load": False}
+        self.llm = LLM(model=spec.model, **{**defaults, **dict(spec.engine_args)})
         self.load_seconds = time.monotonic() - started
+        metrics.ENGINE_LOAD_SECONDS.labels(spec.alias).set(self.load_seconds)
         self.grammars = _grammar_compiler(spec)
         log.info("loaded %s (%s) in %.1fs", spec.alias, spec.model, self.load_seconds)
 
@@ -161,6 +178,24 @@ class VLLMEngine:
         cached = int(getattr(output, "num_cached_tokens", 0) or 0)
         prompt_tokens = len(output.prompt_token_ids or ())
         return EngineResult(request.custom_id, choices, prompt_tokens, latency, attempts=attempt, cached_tokens=cached)
+
+    def stats(self) -> dict[str, float]:
+        if not self.llm.llm_engine.log_stats:
+            return {}
+        found: dict[str, float] = {}
+        hits = queries = 0.0
+        for metric in self.llm.get_metrics():
+            value = float(getattr(metric, "value", 0) or 0)
+            if metric.name in _VLLM_GAUGES:
+                name = _VLLM_GAUGES[metric.name]
+                found[name] = found.get(name, 0.0) + value
+            elif metric.name == "vllm:prefix_cache_hits":
+                hits += value
+            elif metric.name == "vllm:prefix_cache_queries":
+                queries += value
+        if queries:
+            found["prefix_cache_hit_ratio"] = hits / queries
+        return found
 
     def close(self) -> None:
         """Stop the engine and give its memory back (accelerator memory too), so
@@ -268,6 +303,9 @@ class InstantEngine:
     def close(self) -> None:
         pass
 
+    def stats(self) -> dict[str, float]:
+        return {}
+
 
 _ENGINE_KINDS: dict[str, Callable[[ModelSpec], Engine]] = {
     EngineKind.VLLM: VLLMEngine,
@@ -285,6 +323,11 @@ def unload_engines() -> None:
     """Close every warm engine of this process (before it loads another model)."""
     while _warm:
         _warm.popitem()[1].close()
+
+
+def warm_engine_stats() -> dict[str, dict[str, float]]:
+    """The statistics of this process's warm engines, by model alias."""
+    return {alias: stats for alias, engine in list(_warm.items()) if (stats := engine.stats())}
 
 
 def get_engine(spec: ModelSpec) -> Engine:

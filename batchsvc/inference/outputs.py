@@ -229,6 +229,14 @@ def is_success(line: dict[str, Any]) -> bool:
     return line.get("error") is None and response is not None and response.get("status_code") == 200
 
 
+def error_code(line: dict[str, Any]) -> str | None:
+    """The code of a failed line (an engine refusal or a request that never ran); None for a success."""
+    if is_success(line):
+        return None
+    error = line.get("error") or ((line.get("response") or {}).get("body") or {}).get("error") or {}
+    return str(error.get("code") or "unknown")
+
+
 def usage_of(line: dict[str, Any]) -> tuple[int, int]:
     """(prompt_tokens, completion_tokens) of a success line; zeros otherwise."""
     if not is_success(line):

@@ -6,13 +6,15 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from batchsvc import metrics
 from batchsvc.inference import outputs
+from batchsvc.inference.quality import Quality
 from batchsvc.pipeline.costs import cost_of
 from batchsvc.pipeline.lifecycle import EXPIRED_CODE, final_status
 from batchsvc.pipeline.recovery import save_job_record
@@ -32,6 +34,8 @@ class MergeStats(outputs.Tally):
     expired: int = 0  # requests that never ran because the completion window ended
     engine_requests: int = 0  # sent to the engine, summed over shards
     engine_seconds: float = 0.0  # time the shards held the engine, summed
+    quality: Quality = field(default_factory=Quality)
+    answer_field: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         avg = round(self.latency_sum / self.latency_count, 4) if self.latency_count else None
@@ -46,12 +50,15 @@ class MergeStats(outputs.Tally):
             "reused": self.reused,
             "engine_requests": self.engine_requests,
             "engine_seconds": round(self.engine_seconds, 3),
+            "quality": self.quality.to_dict(self.answer_field),
         }
 
 
-def merge_outputs(storage: Storage, manifest: Manifest, results_path: Path, errors_path: Path) -> MergeStats:
+def merge_outputs(
+    storage: Storage, manifest: Manifest, results_path: Path, errors_path: Path, answer_field: str = ""
+) -> MergeStats:
     """Stream every shard's output, in shard order, into the two local files."""
-    stats = MergeStats()
+    stats = MergeStats(answer_field=answer_field)
     with results_path.open("wb") as results, errors_path.open("wb") as errors:
         for shard in manifest.shards:
             summary = ShardSummary.load(storage, manifest, shard.index)
@@ -60,6 +67,7 @@ def merge_outputs(storage: Storage, manifest: Manifest, results_path: Path, erro
             stats.latency_count += summary.latency_count
             stats.engine_requests += summary.engine_requests
             stats.engine_seconds += summary.engine_seconds
+            stats.quality.merge(Quality(summary.schema_checked, summary.schema_valid, summary.answers))
             for raw in iter_lines(storage, summary.output_key):
                 line = orjson.loads(raw)
                 if stats.add(line):
@@ -92,7 +100,7 @@ def finalize_job(svc: Services, job_id: str) -> Job:
     manifest = Manifest.load(svc.storage, job)
     with tempfile.TemporaryDirectory(prefix="batchsvc-finalize-") as workdir:
         results_path, errors_path = Path(workdir) / "results.jsonl", Path(workdir) / "errors.jsonl"
-        stats = merge_outputs(svc.storage, manifest, results_path, errors_path)
+        stats = merge_outputs(svc.storage, manifest, results_path, errors_path, svc.settings.answer_field)
         if stats.total != manifest.total:
             raise RuntimeError(f"job {job_id}: merged {stats.total} lines, manifest has {manifest.total}")
         results = svc.storage.put_file(layout.results_key(job), results_path, "application/jsonl")
@@ -102,7 +110,7 @@ def finalize_job(svc: Services, job_id: str) -> Job:
     error_file = _register(svc, job, "error", layout.errors_key(job), errors.size)
     now = time.time()
     # Only one of two concurrent finalizers moves the job; both wrote identical objects.
-    svc.jobs.transition(
+    moved = svc.jobs.transition(
         job_id,
         final_status(was, stats.expired),
         expect={JobStatus.FINALIZING, JobStatus.CANCELLING},
@@ -114,6 +122,9 @@ def finalize_job(svc: Services, job_id: str) -> Job:
         error_file_id=error_file.id,
         estimated_completion=None,
     )
+    if moved:  # counted once, by the finalizer that ended the job
+        q = stats.quality
+        metrics.record_quality(job.model, stats.answer_field, q.schema_checked, q.schema_valid, q.answers)
     save_job_record(svc, job_id)
     job = svc.jobs.get(job_id)
     # The rate estimates are made from: requests the engine ran (reused ones take no time).

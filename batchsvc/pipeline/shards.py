@@ -20,9 +20,11 @@ from collections.abc import Callable, Iterator
 
 import orjson
 
+from batchsvc import metrics
 from batchsvc.inference import outputs
 from batchsvc.inference.engine import Engine, EngineRequest, EngineResult, get_engine
 from batchsvc.inference.models import ModelSpec
+from batchsvc.inference.quality import Quality
 from batchsvc.pipeline.lifecycle import StopReason, stop_reason
 from batchsvc.services import Services
 from batchsvc.storage import layout
@@ -94,6 +96,7 @@ class ShardRun:
         self.run_id = secrets.token_hex(4)
         self.engine_requests = 0  # sent to the engine by this run
         self.engine_seconds = 0.0  # time this run held the engine
+        metrics.SHARD_ATTEMPTS.labels(spec.alias).inc()
 
     def _flush(self) -> None:
         if self._buffer:
@@ -103,6 +106,7 @@ class ShardRun:
             )
             self._next_part += 1
             self._buffer = []
+            metrics.CHECKPOINT_WRITES.labels(self.spec.alias).inc()
         t = self.tally
         counts = Counts(t.succeeded, t.failed, t.prompt_tokens, t.completion_tokens)
         self.svc.jobs.record_shard_progress(self.job_id, self.index, counts)
@@ -115,6 +119,7 @@ class ShardRun:
         self.done[custom_id] = raw
         self._buffer.append(raw)
         self.tally.add(line, latency)
+        metrics.request_answered(self.spec.alias, outputs.error_code(line), *outputs.usage_of(line), latency)
         settings = self.svc.settings
         if (
             len(self._buffer) >= settings.progress_every
@@ -126,6 +131,7 @@ class ShardRun:
         """Answer the requests the checkpoints do not hold yet: with `engine`, or,
         when `give_up` says why, as error lines, so the job can still finish.
         A cancel or an expiry seen at a checkpoint stops the engine the same way."""
+        started = time.monotonic()
         requests = read_shard_requests(self.storage, self.job, self.index)
         self.done, self._next_part = read_checkpoint(self.storage, self.job, self.index)
         for raw in self.done.values():
@@ -158,7 +164,9 @@ class ShardRun:
                     line = outputs.not_run_line(self.job_id, request.custom_id, reason.code, reason.message)
                     self._accept_line(request.custom_id, line)
         self._flush()
-        return self._assemble(requests)
+        summary = self._assemble(requests)
+        metrics.SHARD_DURATION.labels(self.spec.alias).observe(time.monotonic() - started)
+        return summary
 
     def _assemble(self, requests: list[EngineRequest]) -> ShardSummary:
         output_key = layout.shard_output_key(self.job, self.index, self.run_id)
@@ -170,6 +178,10 @@ class ShardRun:
                 tmp.write(raw)
             tmp.flush()
             self.storage.put_file(output_key, tmp.name, "application/jsonl")
+        quality = Quality()
+        for request in requests:
+            line = orjson.loads(self.done[request.custom_id])
+            quality.add(request.body, request.url, line, self.svc.settings.answer_field)
         summary = ShardSummary(
             job_id=self.job_id,
             index=self.index,
@@ -187,6 +199,9 @@ class ShardRun:
             latency_count=self.tally.latency_count,
             sha256=digest.hexdigest(),
             tenant=self.job.tenant,
+            schema_checked=quality.schema_checked,
+            schema_valid=quality.schema_valid,
+            answers=quality.answers,
         )
         if not summary.save_if_absent(self.storage):
             # A duplicate run of this shard finished first (conditional create):

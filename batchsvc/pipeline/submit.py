@@ -8,6 +8,7 @@ from typing import IO, Any
 
 import orjson
 
+from batchsvc import metrics
 from batchsvc.errors import ErrorType, ServiceError
 from batchsvc.inference.models import ModelSpec
 from batchsvc.outbound.netguard import Allowlist, BlockedURL, OutboundError, vet
@@ -251,6 +252,7 @@ def submit_job(
         if upload is not None:
             svc.storage.delete(job.input_key or "")
         raise active_jobs_error(tenant, exc.limit) from None
+    metrics.JOBS_SUBMITTED.labels(job.model, job.tenant).inc()
     save_job_record(svc, job.id)
     try:
         enqueue(job.id)

@@ -5,7 +5,7 @@ the per-shard summaries it lets a job be rebuilt from storage alone."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import orjson
@@ -81,6 +81,11 @@ class ShardSummary:
     reused: int = 0  # lines answered from an earlier job (never sent to the engine)
     engine_requests: int = 0  # requests the finishing run sent to the engine
     engine_seconds: float = 0.0  # how long that run held the engine: the job's GPU time
+    # Answer quality (batchsvc/inference/quality.py): structured answers checked
+    # against their schema, those valid, and the answer field's values.
+    schema_checked: int = 0
+    schema_valid: int = 0
+    answers: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

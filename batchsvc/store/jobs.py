@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 import redis
 
+from batchsvc import metrics
 from batchsvc.access import DEFAULT_TENANT
 from batchsvc.errors import JobNotFound
 from batchsvc.store.paging import PagedIndex, newest_first
@@ -334,7 +335,9 @@ class JobStore(PagedIndex[Job]):
         if result == -1:
             raise JobNotFound(job_id)
         if result and to.terminal:
-            tenant = orjson.loads(self.redis.hget(self._key(job_id), "tenant") or orjson.dumps(DEFAULT_TENANT))
+            raw_tenant, raw_model = self.redis.hmget(self._key(job_id), ["tenant", "model"])
+            tenant = orjson.loads(raw_tenant or orjson.dumps(DEFAULT_TENANT))
+            metrics.job_finished(to.value, orjson.loads(raw_model or b'""'), tenant)
             pipe = self.redis.pipeline()
             pipe.srem(self._active_key(), job_id)
             pipe.srem(self._active_key(tenant), job_id)
@@ -403,6 +406,10 @@ class JobStore(PagedIndex[Job]):
         (delta=-1). Redeliveries after a worker died count too: Celery's own retry
         counter does not see those."""
         return int(self.redis.hincrby(f"{self._key(job_id)}:attempts", str(shard), delta))
+
+    def shards_started(self, job_id: str) -> int:
+        """How many of a job's shards some worker has begun (the rest wait in a queue)."""
+        return int(self.redis.hlen(f"{self._key(job_id)}:attempts"))
 
     def counts(self, job_id: str) -> Counts:
         totals = dict.fromkeys(_COUNTERS, 0)

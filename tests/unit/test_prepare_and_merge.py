@@ -376,6 +376,13 @@ def test_finalize_merges_every_request_once_in_input_order(services: Services) -
         "engine_requests": 8,
         "engine_seconds": round(sum(s.engine_seconds for s in summaries), 3),
         "cost": None,  # the instant engine's model has no gpu_hour_price
+        "quality": {
+            "schema_checked": 0,
+            "schema_valid": 0,
+            "schema_invalid": 0,
+            "answer_field": "recommendation",
+            "answers": {},
+        },
     }
     assert job.finished_at is not None and job.finalizing_at is not None
     assert job.estimated_completion is None

@@ -26,6 +26,7 @@ from batchsvc.store.jobs import Counts, Job, JobStatus, new_job_id
 from tasks.names import PREPARE, celery_priority, queue_keys
 from tests.support.client import error_of, grant
 from tests.support.client import upload as post_upload
+from tests.support.metrics import metric_value
 
 MODEL = "instant-test"
 JOB_ID_RE = re.compile(r"batch_[0-9a-f]{32}")
@@ -537,14 +538,16 @@ def test_healthz(client: FlaskClient) -> None:
 def test_readyz_checks_redis(client: FlaskClient) -> None:
     response = client.get("/readyz")
     assert response.status_code == 200
-    assert response.get_json() == {"status": "ok", "checks": {"redis": True}}
+    assert response.get_json() == {"status": "ok", "checks": {"redis": True, "storage": True, "workers": True}}
 
 
 def test_readyz_is_503_when_redis_is_down(make_app: Any) -> None:
     client = make_app(state_redis_url="redis://127.0.0.1:1/0", role=None).test_client()
     response = client.get("/readyz")
     assert response.status_code == 503
-    assert response.get_json()["checks"] == {"redis": False}
+    body = response.get_json()
+    assert body["checks"] == {"redis": False, "storage": True, "workers": True}
+    assert body["failed"] == {"redis": "redis: ConnectionError"}
 
 
 def test_metrics_report_the_queue_depth(client: FlaskClient, settings: Settings) -> None:
@@ -556,12 +559,16 @@ def test_metrics_report_the_queue_depth(client: FlaskClient, settings: Settings)
     assert f'batchsvc_queue_depth{{queue="{settings.cpu_queue}"}} 0.0' in before.get_data(as_text=True)
     assert f'batchsvc_queue_depth{{queue="{settings.llm_queue_prefix}.{MODEL}"}}' in before.get_data(as_text=True)
 
+    submitted = metric_value(before.get_data(as_text=True), "batchsvc_jobs_submitted_total", model=MODEL)
+
     upload(client, jsonl(["a"]))
     upload(client, jsonl(["b"]))
 
     after = client.get("/metrics", headers=admin).get_data(as_text=True)
     assert f'batchsvc_queue_depth{{queue="{settings.cpu_queue}"}} 2.0' in after
-    assert "batchsvc_jobs_total 2.0" in after
+    assert f'batchsvc_jobs_active{{model="{MODEL}",status="queued"}} 2.0' in after
+    assert metric_value(after, "batchsvc_jobs_submitted_total", model=MODEL) == submitted + 2
+    assert 'batchsvc_http_requests_total{method="POST",route="/v1/batch",status="202"}' in after
 
 
 @pytest.mark.parametrize(
