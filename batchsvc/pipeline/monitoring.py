@@ -39,6 +39,9 @@ class JobStateCollector(Collector):
         for queue, count in self.queue_depths().items():
             depth.add_metric([queue], count)
         yield depth
+        yield GaugeMetricFamily(
+            "batchsvc_jobs_stored", "Jobs the job index holds, of every tenant", value=self.svc.jobs.count()
+        )
         yield from self._jobs(time.time())
         starts = CounterMetricFamily("batchsvc_worker_starts", "Starts of a Celery worker, by name", labels=["worker"])
         for name, count in sorted(self.svc.jobs.redis.hgetall(_starts_key(self.svc)).items()):

@@ -567,6 +567,7 @@ def test_metrics_report_the_queue_depth(client: FlaskClient, settings: Settings)
     after = client.get("/metrics", headers=admin).get_data(as_text=True)
     assert f'batchsvc_queue_depth{{queue="{settings.cpu_queue}"}} 2.0' in after
     assert f'batchsvc_jobs_active{{model="{MODEL}",status="queued"}} 2.0' in after
+    assert "batchsvc_jobs_stored 2.0" in after
     assert metric_value(after, "batchsvc_jobs_submitted_total", model=MODEL) == submitted + 2
     assert 'batchsvc_http_requests_total{method="POST",route="/v1/batch",status="202"}' in after
 
