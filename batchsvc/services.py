@@ -17,8 +17,10 @@ from batchsvc.storage.local import LocalStorage
 from batchsvc.storage.s3 import S3Storage
 from batchsvc.store.estimates import EstimateStore
 from batchsvc.store.files import FileStore
+from batchsvc.store.idempotency import IdempotencyStore
 from batchsvc.store.jobs import JobStore
 from batchsvc.store.keys import KeyStore
+from batchsvc.store.leases import LeaseStore
 from batchsvc.store.tenants import TenantStore
 from batchsvc.store.workers import WorkerStore
 
@@ -85,6 +87,14 @@ class Services:
     @cached_property
     def keys(self) -> KeyStore:
         return KeyStore(self.state_redis, self.settings.redis_prefix)
+
+    @cached_property
+    def idempotency(self) -> IdempotencyStore:
+        return IdempotencyStore(self.state_redis, self.settings.redis_prefix, self.settings.idempotency_ttl_s)
+
+    @cached_property
+    def leases(self) -> LeaseStore:
+        return LeaseStore(self.state_redis, self.settings.redis_prefix)
 
     @cached_property
     def tenants(self) -> TenantStore:

@@ -54,12 +54,24 @@ class Settings:
     # An LLM worker rewrites its record (model, state, current shard) this often;
     # a record not rewritten for 3x this long counts as a worker that is gone.
     worker_heartbeat_s: float = 10.0
+    # A running shard (or prepare, finalize) holds a lease its heartbeat renews every
+    # lease_renew_s; one not renewed for lease_ttl_s means its worker died or froze,
+    # and the lease checker (beat, every lease_check_interval_s) sends the step again
+    # at once: a kill -9 costs at most lease_ttl_s + lease_check_interval_s.
+    lease_ttl_s: int = 15
+    lease_renew_s: float = 5.0
+    lease_check_interval_s: float = 5.0
+    # The hung-engine watchdog: a shard whose lease is renewed but whose engine gives
+    # no result for this long kills its worker (to be restarted) and is re-driven.
+    stuck_after_s: int = 300
     # A finished job's objects (input, shards, results) are deleted after this
     # long; its record stays, marked data_expired_at. Checked hourly by beat.
     retention_s: int = 7 * 24 * 3600
     retention_interval_s: int = 3600
     # A dry run's estimate is kept this long for its caller to read, then Redis drops it.
     estimate_ttl_s: int = 900
+    # Beat writes a snapshot of the job state to storage this often (batchsvc/pipeline/backup.py).
+    backup_interval_s: int = 24 * 3600
 
     # --- Storage ---
     storage_backend: str = "local"  # "local" or "s3"
@@ -89,6 +101,8 @@ class Settings:
     # 0 trusts no such header (a direct client could forge it); the deployments in
     # docker-compose.yml and deploy/k8s/ put one nginx in front and set 1.
     forwarded_hops: int = 0
+    # A POST with an Idempotency-Key answers as its first request did for this long.
+    idempotency_ttl_s: int = 24 * 3600
 
     # --- Access ---
     # An admin key for the default tenant, installed at start-up when set (make demo, make up).
@@ -140,6 +154,10 @@ class Settings:
     webhook_secrets: str = ""
 
     # --- Operations ---
+    # `make up` (supervisord): a process that crashes this many times within
+    # restart_window_s is stopped and reported (make status, crashguard.log, Redis).
+    restart_max_crashes: int = 3
+    restart_window_s: int = 600
     sentry_dsn: str | None = None
     environment: str = "development"
     log_level: str = "INFO"

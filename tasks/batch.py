@@ -12,18 +12,21 @@ from datetime import timedelta
 
 import redis.exceptions
 from celery import Task, chord
+from celery.utils.time import get_exponential_backoff_interval
 
 from batchsvc import metrics
 from batchsvc.access import DEFAULT_TENANT
 from batchsvc.outbound import webhooks
 from batchsvc.outbound.netguard import Allowlist
+from batchsvc.pipeline.backup import backup
 from batchsvc.pipeline.campaigns import submit_run
 from batchsvc.pipeline.estimate import run_estimate
 from batchsvc.pipeline.finalize import finalize_job
+from batchsvc.pipeline.leases import redrive_expired
 from batchsvc.pipeline.prepare import answer_unstarted, prepare_job
 from batchsvc.pipeline.recovery import Redrive, redrive, stalled_jobs
 from batchsvc.pipeline.retention import expire_job_data
-from batchsvc.pipeline.shards import finish_reused_shards, finished_shard, give_up_shard, run_shard
+from batchsvc.pipeline.shards import ShardInterrupted, finish_reused_shards, finished_shard, give_up_shard, run_shard
 from batchsvc.services import Services, current_services
 from batchsvc.settings import get_settings
 from batchsvc.storage import layout
@@ -31,9 +34,12 @@ from batchsvc.storage.base import StorageUnavailable
 from batchsvc.store.jobs import Job, JobStatus, job_error, job_priority
 from batchsvc.store.tenants import webhook_secrets
 from tasks.celery_app import create_celery
+from tasks.leasing import heartbeat, resend, shutting_down
 from tasks.names import (
+    BACKUP,
     ESTIMATE,
     FINALIZE,
+    LEASES,
     PREPARE,
     REDRIVE,
     RESCORE,
@@ -98,24 +104,38 @@ class JobTask(Task):
             current_services().jobs.fail(job_id, [error])
 
 
-@app.task(name=PREPARE, base=JobTask, bind=True, acks_late=True, max_retries=10, **_RETRY)
+def _retry_outage(task: Task, exc: Exception) -> Exception:
+    """The retry `_RETRY` would make (the same backoff), raised inside the step's
+    lease, so that the lease covers the countdown a worker holds it for."""
+    countdown = get_exponential_backoff_interval(factor=2, retries=task.request.retries, maximum=300, full_jitter=True)
+    return task.retry(exc=exc, countdown=countdown)
+
+
+@app.task(name=PREPARE, base=JobTask, bind=True, acks_late=True, max_retries=10)
 def prepare(self: Task, job_id: str) -> int:
     svc = current_services()
-    manifest = prepare_job(svc, job_id)
-    if manifest is None:
-        return 0
-    # Only the delivery that moves the job to in_progress starts the chord.
-    if svc.jobs.transition(job_id, JobStatus.IN_PROGRESS, expect={JobStatus.VALIDATING}, in_progress_at=time.time()):
-        to_run = finish_reused_shards(svc, manifest)  # all answers reused: no engine needed
-        if to_run:
-            start_chord(job_id, to_run)
-        else:
-            finalize.apply_async(([], job_id), queue=svc.settings.cpu_queue)
-    elif svc.jobs.get(job_id).status is JobStatus.CANCELLING:
-        # Cancelled while it was validated: answered here, no LLM worker involved.
-        answer_unstarted(svc, manifest)
-        finalize.apply_async(([], job_id), queue=svc.settings.cpu_queue)
-    return len(manifest.shards)
+    with heartbeat(self, job_id):
+        try:
+            manifest = prepare_job(svc, job_id)
+            if manifest is None:
+                return 0
+            # Only the delivery that moves the job to in_progress starts the chord.
+            moved = svc.jobs.transition(
+                job_id, JobStatus.IN_PROGRESS, expect={JobStatus.VALIDATING}, in_progress_at=time.time()
+            )
+            if moved:
+                to_run = finish_reused_shards(svc, manifest)  # all answers reused: no engine needed
+                if to_run:
+                    start_chord(job_id, to_run)
+                else:
+                    finalize.apply_async(([], job_id), queue=svc.settings.cpu_queue)
+            elif svc.jobs.get(job_id).status is JobStatus.CANCELLING:
+                # Cancelled while it was validated: answered here, no LLM worker involved.
+                answer_unstarted(svc, manifest)
+                finalize.apply_async(([], job_id), queue=svc.settings.cpu_queue)
+            return len(manifest.shards)
+        except TRANSIENT as exc:
+            raise _retry_outage(self, exc) from None
 
 
 @app.task(
@@ -137,33 +157,43 @@ def shard(self: Task, job_id: str, index: int, tenant: str = DEFAULT_TENANT) -> 
     redelivered = bool(delivery.get("redelivered") or getattr(self.request, "redelivered", False))
     model = (delivery.get("routing_key") or "").removeprefix(f"{svc.settings.llm_queue_prefix}.")
     metrics.SHARD_REDELIVERIES.labels(model).inc(int(redelivered))  # a 0 too: the series exists from the start
-    try:
-        finished = finished_shard(svc.storage, job, index)
-        if finished is not None:
-            # A duplicate delivery (a retry, a re-drive) of a shard that is done: harmless,
-            # and no start of it either.
-            log.info("shard %s/%d is already finished; duplicate delivery ignored", job_id, index)
-            return finished.to_dict()
-        attempt = svc.jobs.shard_attempt(job_id, index)
-        counted = True
-        attempt -= _refunds(svc, job, index)
-        if attempt > cap:
-            # Earlier deliveries died with their worker (OOM, a crash in the engine):
-            # answer the rest with error lines instead of killing more workers.
-            log.error("shard %s/%d started %d times; giving up its remaining requests", job_id, index, attempt - 1)
-            return give_up_shard(svc, job_id, index, f"shard failed {attempt - 1} times").to_dict()
-        return run_shard(svc, job_id, index).to_dict()
-    except TRANSIENT as exc:
-        # Storage or Redis blinked: not the shard's fault, so this start does not
-        # count, and the checkpoint keeps the work done so far.
-        if counted:
+    # The lease is held across the retries below: one with a countdown waits in a
+    # worker's memory, and a worker dying then must cost no more than one dying mid-run.
+    with heartbeat(self, job_id, index) as beat:
+        try:
+            finished = finished_shard(svc.storage, job, index)
+            if finished is not None:
+                # A duplicate delivery (a retry, a re-drive) of a shard that is done: harmless,
+                # and no start of it either.
+                log.info("shard %s/%d is already finished; duplicate delivery ignored", job_id, index)
+                return finished.to_dict()
+            attempt = svc.jobs.shard_attempt(job_id, index)
+            counted = True
+            attempt -= _refunds(svc, job, index)
+            if attempt > cap:
+                # Earlier deliveries died with their worker (OOM, a crash in the engine,
+                # the hung-engine watchdog): answer the rest with error lines instead of
+                # killing more workers.
+                log.error("shard %s/%d started %d times; giving up its remaining requests", job_id, index, attempt - 1)
+                return give_up_shard(svc, job_id, index, f"shard failed {attempt - 1} times").to_dict()
+            return run_shard(svc, job_id, index, progress=beat.progress, interrupted=shutting_down).to_dict()
+        except ShardInterrupted:
+            # The worker is shutting down (SIGTERM): the checkpoint is written, so the
+            # shard goes back to the queue now, as the same message, for the next worker.
+            # Not the shard's fault: the start does not count.
             _refund(svc, job, index)
-        raise self.retry(exc=exc, countdown=_backoff(self.request.retries + 1)) from None
-    except Exception as exc:
-        # The engine failed on this shard (a crash, a bug, a time limit). Try
-        # again up to the cap; the start after that gives up (above).
-        log.warning("shard %s/%d attempt %d of %d failed: %r", job_id, index, attempt, cap, exc)
-        raise self.retry(exc=exc, countdown=_backoff(attempt)) from None
+            raise self.retry(countdown=0) from None
+        except TRANSIENT as exc:
+            # Storage or Redis blinked: not the shard's fault, so this start does not
+            # count, and the checkpoint keeps the work done so far.
+            if counted:
+                _refund(svc, job, index)
+            raise self.retry(exc=exc, countdown=_backoff(self.request.retries + 1)) from None
+        except Exception as exc:
+            # The engine failed on this shard (a crash, a bug, a time limit). Try
+            # again up to the cap; the start after that gives up (above).
+            log.warning("shard %s/%d attempt %d of %d failed: %r", job_id, index, attempt, cap, exc)
+            raise self.retry(exc=exc, countdown=_backoff(attempt)) from None
 
 
 def _refund(svc: Services, job: layout.JobKey, index: int) -> None:
@@ -185,19 +215,23 @@ def _backoff(attempt: int) -> float:
     return float(min(300, 2**attempt))
 
 
-@app.task(name=FINALIZE, base=JobTask, bind=True, acks_late=True, max_retries=10, **_RETRY)
+@app.task(name=FINALIZE, base=JobTask, bind=True, acks_late=True, max_retries=10)
 def finalize(self: Task, shard_results: list[dict], job_id: str) -> str:
     svc = current_services()
-    job = finalize_job(svc, job_id)
-    # One webhook per job, even when finalize runs twice.
-    if job.webhook_url and job.status.terminal and svc.jobs.set_once(job_id, "webhook_status", "pending"):
+    with heartbeat(self, job_id):
         try:
-            webhook.apply_async((job_id,), queue=svc.settings.cpu_queue)
-        except Exception:
-            # Not queued: release the claim so the retry of this finalize queues it.
-            svc.jobs.update(job_id, webhook_status=None)
-            raise
-    return job.status.value
+            job = finalize_job(svc, job_id)
+            # One webhook per job, even when finalize runs twice.
+            if job.webhook_url and job.status.terminal and svc.jobs.set_once(job_id, "webhook_status", "pending"):
+                try:
+                    webhook.apply_async((job_id,), queue=svc.settings.cpu_queue)
+                except Exception:
+                    # Not queued: release the claim so the retry of this finalize queues it.
+                    svc.jobs.update(job_id, webhook_status=None)
+                    raise
+            return job.status.value
+        except TRANSIENT as exc:
+            raise _retry_outage(self, exc) from None
 
 
 @app.task(name=WEBHOOK, bind=True, acks_late=True, max_retries=None)
@@ -268,6 +302,13 @@ def sweep(self: Task) -> list[str]:
     return redriven
 
 
+@app.task(name=LEASES, bind=True, acks_late=True, max_retries=0)
+def check_leases(self: Task) -> list[str]:
+    """Beat, every lease_check_interval_s: send again the steps whose worker died or froze."""
+    redriven = redrive_expired(current_services(), lambda lease: resend(self.app, lease))
+    return [lease.subject for lease in redriven]
+
+
 @app.task(name=REDRIVE, bind=True, acks_late=True, max_retries=3, **_RETRY)
 def redrive_job(self: Task, job_id: str, claimed: bool = False) -> dict:
     """The operator's retry of one job (also reachable from Flower by name);
@@ -287,3 +328,11 @@ def retention(self: Task) -> list[str]:
 def estimate(self: Task, estimate_id: str) -> None:
     """A dry run: validate, count tokens and reuse, estimate time and cost."""
     run_estimate(current_services(), estimate_id)
+
+
+@app.task(name=BACKUP, bind=True, acks_late=True, max_retries=3, **_RETRY)
+def backup_state(self: Task) -> str:
+    """Beat, daily: a snapshot of the job state in storage (`batchsvc admin backup`)."""
+    made = backup(current_services())
+    log.info("backup %s: %d jobs, %d records", made.key, made.jobs, made.keys)
+    return made.key

@@ -17,6 +17,8 @@ RETENTION = "batch.retention"
 ESTIMATE = "batch.estimate"
 # The remote-control command that moves an LLM worker to another model (tasks/fleet.py).
 SWAP_MODEL = "swap_model"
+LEASES = "batch.leases"
+BACKUP = "batch.backup"
 
 
 def llm_queue(settings: Settings, model: str) -> str:

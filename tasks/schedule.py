@@ -15,7 +15,7 @@ import yaml
 from celery.schedules import crontab, schedstate, schedule
 
 from batchsvc.settings import Settings
-from tasks.names import RESCORE, RETENTION, SWEEP
+from tasks.names import BACKUP, LEASES, RESCORE, RETENTION, SWEEP
 
 
 def _crontab(expr: str) -> crontab:
@@ -68,6 +68,17 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "task": SWEEP,
             "schedule": float(settings.sweep_interval_s),
             "options": {"queue": settings.cpu_queue, "expires": settings.sweep_interval_s},
+        },
+        # First in its queue (priority 0), so a busy cpu worker delays it least.
+        "leases": {
+            "task": LEASES,
+            "schedule": float(settings.lease_check_interval_s),
+            "options": {"queue": settings.cpu_queue, "expires": settings.lease_check_interval_s, "priority": 0},
+        },
+        "backup": {
+            "task": BACKUP,
+            "schedule": float(settings.backup_interval_s),
+            "options": {"queue": settings.cpu_queue, "expires": settings.backup_interval_s},
         },
         "retention": {
             "task": RETENTION,

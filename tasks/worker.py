@@ -23,6 +23,7 @@ from batchsvc.settings import get_settings
 from batchsvc.telemetry import init_sentry
 from tasks import fleet as _fleet  # noqa: F401  (LLM worker records, model preload, hot-swap)
 from tasks.batch import app  # importing tasks.batch registers the tasks
+from tasks.leasing import request_shutdown
 from tasks.schedule import beat_schedule
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,13 @@ def _job_context(task: Any = None, args: Any = (), kwargs: Any = None, **_: obje
 @signals.task_postrun.connect
 def _end_job_context(**_: object) -> None:
     logs.reset_job_context()
+
+
+@signals.worker_shutting_down.connect
+def _shutting_down(**_: object) -> None:
+    # Sent from the signal handler of SIGTERM/SIGINT/SIGQUIT in the main process,
+    # which (with --pool solo) is where a shard runs: it notices at its next result.
+    request_shutdown()
 
 
 __all__ = ["app"]

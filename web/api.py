@@ -26,6 +26,7 @@ from batchsvc.store.jobs import Counts, Job, JobStatus, is_job_id, job_priority
 from tasks.names import ESTIMATE, PREPARE, REDRIVE, celery_priority
 from web.audit import audited
 from web.auth import current_key, requires, visible_job, visible_tenant
+from web.idempotency import idempotent
 from web.request import json_object, single_values
 from web.schemas import PageSchema, SubmitBatchFormSchema, SubmitBatchSchema
 
@@ -91,6 +92,7 @@ def _read_submission() -> tuple[dict[str, Any], Any]:
 @bp.post("/batch")
 @audited("submit")
 @requires(Role.SUBMITTER)
+@idempotent("batch")
 def submit_batch() -> tuple[Response, int]:
     args, upload = _read_submission()
     metadata = args.get("metadata") or {}

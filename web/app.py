@@ -37,6 +37,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from web import audit, auth
     from web.admin_api import bp as admin_bp
     from web.api import bp
+    from web.backup_api import bp as backup_bp
     from web.errors import register_error_handlers
     from web.fleet_api import bp as fleet_bp
     from web.health import health
@@ -52,5 +53,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(openai_bp)
     app.register_blueprint(admin_bp)
     app.register_blueprint(fleet_bp)
+    app.register_blueprint(backup_bp)
     app.register_blueprint(health)
     return app

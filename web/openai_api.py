@@ -23,6 +23,7 @@ from batchsvc.store.jobs import Job, JobStatus
 from web.api import enqueue_prepare
 from web.audit import audited
 from web.auth import current_key, requires, visible_file, visible_job, visible_tenant
+from web.idempotency import idempotent
 from web.openai_schemas import UPLOAD_PURPOSE, CreateBatchSchema, ListFilesSchema, UploadFileSchema
 from web.request import json_object, single_values
 from web.schemas import PageSchema
@@ -43,8 +44,9 @@ def unix(ts: float | None) -> int | None:
 @bp.after_request
 def _no_retry_on_conflict(response: Response) -> Response:
     # OpenAI's clients retry a 409 (for them, a lock timeout). Here a 409 is a
-    # state that retrying cannot change (e.g. cancelling a finished batch).
-    if response.status_code == 409:
+    # state that retrying cannot change (e.g. cancelling a finished batch), unless
+    # the view says otherwise (an Idempotency-Key whose first request is still running).
+    if response.status_code == 409 and "x-should-retry" not in response.headers:
         response.headers["x-should-retry"] = "false"
     return response
 
@@ -79,6 +81,7 @@ def file_object(record: FileRecord) -> dict[str, Any]:
 @bp.post("/files")
 @audited("file_upload")
 @requires(Role.SUBMITTER)
+@idempotent("files")
 def create_file() -> Response:
     if request.mimetype != "multipart/form-data":
         raise ServiceError(
@@ -217,6 +220,7 @@ def batch_object(svc: Services, job: Job) -> dict[str, Any]:
 @bp.post("/batches")
 @audited("submit")
 @requires(Role.SUBMITTER)
+@idempotent("batches")
 def create_batch() -> Response:
     args = CreateBatchSchema().load(json_object())
     svc = services()

@@ -435,6 +435,29 @@ def keys_revoke(client: Client, key_id: str) -> None:
 
 
 @main.group()
+def admin() -> None:
+    """Back up and restore the job state (admin keys only)."""
+
+
+@admin.command("backup")
+@click.pass_obj
+def admin_backup(client: Client) -> None:
+    """Write a snapshot of every job, file, key and tenant record to storage."""
+    made = client.call("POST", "/v1/admin/backup")
+    click.echo(made["key"])
+    click.echo(f"{made['jobs']} jobs, {made['keys']} records", err=True)
+
+
+@admin.command("restore")
+@click.option("--backup", "key", default=None, help="a key `admin backup` printed (default: the latest)")
+@click.pass_obj
+def admin_restore(client: Client, key: str | None) -> None:
+    """Write back every record of a backup that Redis lacks (e.g. into an empty Redis)."""
+    done = client.call("POST", "/v1/admin/restore", json={"backup": key} if key else {})
+    click.echo(f"{done['key']}: {done['restored']} records restored ({done['jobs']} jobs), {done['skipped']} present")
+
+
+@main.group()
 def tenants() -> None:
     """Show and set a tenant's quotas, rate limit, IP allowlist and webhook secret (admin keys only)."""
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
@@ -275,9 +276,11 @@ class InstantEngine:
       BATCHSVC_INSTANT_LOG      a file to append each custom_id it answers to
                                 (so a test can count recomputed requests)
     and a prompt containing CRASH_MARKER kills the worker process outright, as
-    an out-of-memory kill would."""
+    an out-of-memory kill would; one containing HANG_MARKER never answers, as a
+    wedged GPU would (the process lives on, its other threads too)."""
 
     CRASH_MARKER = "INSTANT-ENGINE-CRASH"
+    HANG_MARKER = "INSTANT-ENGINE-HANG"
 
     def __init__(self, spec: ModelSpec):
         self.spec = spec
@@ -289,6 +292,8 @@ class InstantEngine:
             prompt = instant_prompt(request.body)
             if self.CRASH_MARKER in prompt:
                 os._exit(137)
+            if self.HANG_MARKER in prompt:
+                threading.Event().wait()
             if self.delay:
                 time.sleep(self.delay)
             options = engine_options(request.body, self.spec)

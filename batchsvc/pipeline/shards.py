@@ -35,6 +35,19 @@ from batchsvc.store.jobs import Counts, Job
 log = logging.getLogger(__name__)
 
 
+class ShardInterrupted(Exception):
+    """The worker is shutting down: the shard stopped at a checkpoint it wrote,
+    and its next run resumes from there."""
+
+
+def _never() -> bool:
+    return False
+
+
+def _nothing() -> None:
+    pass
+
+
 def read_shard_requests(storage: Storage, job: layout.JobRef, index: int) -> list[EngineRequest]:
     requests = []
     with storage.open(layout.shard_input_key(job, index)) as stream:
@@ -127,10 +140,20 @@ class ShardRun:
         ):
             self._flush()
 
-    def execute(self, engine: Engine | None, give_up: str | None = None) -> ShardSummary:
+    def execute(
+        self,
+        engine: Engine | None,
+        give_up: str | None = None,
+        *,
+        progress: Callable[[], None] = _nothing,
+        interrupted: Callable[[], bool] = _never,
+    ) -> ShardSummary:
         """Answer the requests the checkpoints do not hold yet: with `engine`, or,
         when `give_up` says why, as error lines, so the job can still finish.
-        A cancel or an expiry seen at a checkpoint stops the engine the same way."""
+        A cancel or an expiry seen at a checkpoint stops the engine the same way.
+        `progress` is told of every result (the hung-engine watchdog); when
+        `interrupted()` turns true, the shard writes its checkpoint and raises
+        ShardInterrupted."""
         started = time.monotonic()
         requests = read_shard_requests(self.storage, self.job, self.index)
         self.done, self._next_part = read_checkpoint(self.storage, self.job, self.index)
@@ -146,12 +169,19 @@ class ShardRun:
         if reason is None and engine is not None and todo:
             self.engine_requests = len(todo)
             engine_started = time.monotonic()
+            progress()  # the watchdog's clock starts with the engine
             results = engine.run(iter(todo))
             try:
                 for result in results:
+                    progress()
                     request = by_id[result.custom_id]
                     line = result_line(self.job_id, self.model_name, request, result)
                     self._accept_line(request.custom_id, line, result.latency_s)
+                    if interrupted():
+                        self._flush()
+                        log.info("shard %s/%d interrupted at %d done; checkpoint written",
+                                 self.job_id, self.index, len(self.done))  # fmt: skip
+                        raise ShardInterrupted(f"{self.job_id}/{self.index}")
                     if self._stop is not None:
                         reason = self._stop
                         break
@@ -233,13 +263,20 @@ def _shard_run(svc: Services, job_id: str, index: int) -> ShardRun | ShardSummar
 
 
 def run_shard(
-    svc: Services, job_id: str, index: int, engine_for: Callable[[ModelSpec], Engine] = get_engine
+    svc: Services,
+    job_id: str,
+    index: int,
+    engine_for: Callable[[ModelSpec], Engine] = get_engine,
+    *,
+    progress: Callable[[], None] = _nothing,
+    interrupted: Callable[[], bool] = _never,
 ) -> ShardSummary:
-    """Run a shard to completion, or return the summary of an earlier finished run."""
+    """Run a shard to completion, or return the summary of an earlier finished run
+    (see ShardRun.execute for `progress` and `interrupted`)."""
     run = _shard_run(svc, job_id, index)
     if isinstance(run, ShardSummary):
         return run
-    return run.execute(engine_for(run.spec))
+    return run.execute(engine_for(run.spec), progress=progress, interrupted=interrupted)
 
 
 def finish_reused_shards(svc: Services, manifest: Manifest) -> list[int]:

@@ -98,3 +98,12 @@ def estimate_input_key(tenant: str, estimate_id: str) -> str:
 
 def file_key(tenant: str, file_id: str) -> str:
     return f"{tenant_prefix(tenant)}files/{file_id}"
+
+
+BACKUPS_PREFIX = "backups/state/"
+
+
+def backup_key(stamp: str) -> str:
+    """A snapshot of the job state (`batchsvc admin backup`), outside every tenant's
+    prefix: it holds all of them. `stamp` sorts by time (20261201T230000Z)."""
+    return f"{BACKUPS_PREFIX}{stamp}.json.gz"

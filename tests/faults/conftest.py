@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import make_settings
+from tests.support.beat import Beat
 from tests.support.invariants import INSTANT_MODEL, Outcome
 from tests.support.moto_server import MotoServer
 from tests.support.redis_server import RedisServer
@@ -39,8 +40,9 @@ class FaultRow:
     lost: int
     duplicated: int
     recomputed: int
-    recover_s: float
+    recover_s: float  # from the fault to the job done
     note: str
+    resume_s: float | None = None  # from the fault to the shard running again
 
 
 FAULT_ROWS = pytest.StashKey[list[FaultRow]]()
@@ -51,20 +53,26 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     if not rows:
         return
     terminalreporter.section("fault injection: what each fault cost")
-    terminalreporter.write_line(f"{'fault':<46} {'lost':>5} {'dup':>5} {'recomp':>6} {'recover_s':>9}  note")
+    terminalreporter.write_line(
+        f"{'fault':<46} {'lost':>5} {'dup':>5} {'recomp':>6} {'resume_s':>8} {'done_s':>7}  note"
+    )
     for row in rows:
+        resume = f"{row.resume_s:>8.1f}" if row.resume_s is not None else f"{'-':>8}"
         terminalreporter.write_line(
-            f"{row.fault:<46} {row.lost:>5} {row.duplicated:>5} {row.recomputed:>6} {row.recover_s:>9.1f}  {row.note}"
+            f"{row.fault:<46} {row.lost:>5} {row.duplicated:>5} {row.recomputed:>6} {resume} "
+            f"{row.recover_s:>7.1f}  {row.note}"
         )
 
 
 @pytest.fixture
 def report(request: pytest.FixtureRequest) -> Callable[..., None]:
-    """report(fault, outcome, recover_s, note): a row of the end-of-session table."""
+    """report(fault, outcome, recover_s, note, resume_s=None): a row of the end-of-session
+    table; recover_s runs from the fault to the job done, resume_s to the shard running again."""
     rows = request.config.stash.setdefault(FAULT_ROWS, [])
 
-    def record(fault: str, outcome: Outcome, recover_s: float, note: str = "") -> None:
-        rows.append(FaultRow(fault, len(outcome.lost), len(outcome.duplicated), outcome.recomputed, recover_s, note))
+    def record(fault: str, outcome: Outcome, recover_s: float, note: str = "", resume_s: float | None = None) -> None:
+        lost, duplicated = len(outcome.lost), len(outcome.duplicated)
+        rows.append(FaultRow(fault, lost, duplicated, outcome.recomputed, recover_s, note, resume_s))
 
     return record
 
@@ -96,11 +104,13 @@ def instant_log(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def make_stack(tmp_path: Path, redis_server: RedisServer, instant_log: Path) -> Iterator[Callable[..., Stack]]:
-    """make_stack(delay_s=..., start=True, **settings): a stack on this test's Redis,
-    serving the instant engine, whose answers are logged to `instant_log`."""
+    """make_stack(delay_s=..., start=True, beat=False, **settings): a stack on this
+    test's Redis, serving the instant engine, whose answers are logged to
+    `instant_log`; with beat, Celery beat too (the lease checker, the sweeper)."""
     stacks: list[Stack] = []
+    beats: list[Beat] = []
 
-    def make(*, delay_s: float = 0.0, start: bool = True, **overrides: Any) -> Stack:
+    def make(*, delay_s: float = 0.0, start: bool = True, beat: bool = False, **overrides: Any) -> Stack:
         settings = make_settings(
             tmp_path,
             **unique_names(),
@@ -113,8 +123,12 @@ def make_stack(tmp_path: Path, redis_server: RedisServer, instant_log: Path) -> 
         llm_env = {"BATCHSVC_INSTANT_LOG": str(instant_log), "BATCHSVC_INSTANT_DELAY_S": str(delay_s)}
         stack = Stack(settings, tmp_path, llm_models=[INSTANT_MODEL], llm_env=llm_env)
         stacks.append(stack)
+        if beat:
+            beats.append(Beat(stack.cpu.env, tmp_path).start())
         return stack.start() if start else stack
 
     yield make
+    for beat in beats:
+        beat.stop()
     for stack in stacks:
         stack.stop()

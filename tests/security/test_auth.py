@@ -49,6 +49,8 @@ PROTECTED = [
     ("get", "/v1/tenants/acme"),
     ("patch", "/v1/tenants/acme"),
     ("post", "/v1/tenants/acme/webhook_secret"),
+    ("post", "/v1/admin/backup"),
+    ("post", "/v1/admin/restore"),
     ("get", "/v1/reports/costs"),
     ("get", "/v1/estimates/est_x"),
     ("delete", "/v1/estimates/est_x"),

@@ -1,10 +1,9 @@
-"""A look inside the Redis broker (kombu's keys), for tests that duplicate a
-message or wait for a dead worker's message to become redeliverable."""
+"""A look inside the Redis broker (kombu's keys), for tests that look at waiting
+messages or duplicate one."""
 
 from __future__ import annotations
 
 import base64
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,10 +12,6 @@ import redis
 
 from batchsvc.settings import Settings
 from tasks.names import queue_keys
-
-# kombu's Redis transport keeps delivered-but-unacknowledged messages here, scored
-# by delivery time; a consumer puts them back once they are visibility_timeout old.
-UNACKED_INDEX = "unacked_index"
 
 
 def broker(settings: Settings) -> redis.Redis:
@@ -52,16 +47,3 @@ def deliver_again(settings: Settings, message: QueuedMessage) -> None:
     """Put a copy of a waiting message at the consuming end of its queue: the same
     task id, chord and all, as a broker redelivery would."""
     broker(settings).rpush(message.key, message.raw)
-
-
-def unacked_ages(settings: Settings) -> list[float]:
-    """Seconds since each unacknowledged message was delivered."""
-    now = time.time()
-    return [now - score for _, score in broker(settings).zrange(UNACKED_INDEX, 0, -1, withscores=True)]
-
-
-def redeliverable(settings: Settings) -> bool:
-    """No unacknowledged message is younger than the visibility timeout: a consumer
-    that starts now puts every one of them back in its queue (kombu looks for
-    them when a consumer starts, then only every ~100 s)."""
-    return all(age > settings.visibility_timeout_s for age in unacked_ages(settings))

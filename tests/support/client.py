@@ -14,7 +14,9 @@ from werkzeug.test import TestResponse, encode_multipart
 from batchsvc.access import Role
 
 
-def upload(client: FlaskClient, data: bytes, model: str, **fields: Any) -> TestResponse:
+def upload(
+    client: FlaskClient, data: bytes, model: str, *, headers: dict[str, str] | None = None, **fields: Any
+) -> TestResponse:
     """POST /v1/batch as multipart, the JSONL in the `file` part."""
     form: dict[str, Any] = {"model": model, **fields}
     if "metadata" in form and not isinstance(form["metadata"], str):
@@ -22,7 +24,8 @@ def upload(client: FlaskClient, data: bytes, model: str, **fields: Any) -> TestR
     form["file"] = FileStorage(io.BytesIO(data), "input.jsonl", content_type="application/jsonl")
     # Encoded in memory: the test client's own encoder spills big bodies to a temp file it never closes.
     boundary, body = encode_multipart(form)
-    return client.post("/v1/batch", data=body, content_type=f"multipart/form-data; boundary={boundary}")
+    content_type = f"multipart/form-data; boundary={boundary}"
+    return client.post("/v1/batch", data=body, content_type=content_type, headers=headers)
 
 
 def error_of(response: TestResponse, status: int, type_: str) -> dict[str, Any]:

@@ -33,15 +33,18 @@ INSTANT_MODEL = "instant-test"
 TERMINAL = ("completed", "failed", "cancelled", "expired")
 
 
-def instant_requests(count: int, *, poison: Iterable[int] = ()) -> list[dict[str, Any]]:
+def instant_requests(count: int, *, poison: Iterable[int] = (), hang: Iterable[int] = ()) -> list[dict[str, Any]]:
     """`count` chat requests for the instant engine. Lines whose index is in
-    `poison` carry the marker that makes the engine kill its worker."""
-    poisoned = set(poison)
+    `poison` carry the marker that makes the engine kill its worker; in `hang`,
+    the one that makes it never answer."""
+    poisoned, hung = set(poison), set(hang)
     requests = []
     for i in range(count):
         content = f"Score candidate {i} for the role."
         if i in poisoned:
             content += f" {InstantEngine.CRASH_MARKER}"
+        if i in hung:
+            content += f" {InstantEngine.HANG_MARKER}"
         requests.append(
             {
                 "custom_id": f"req-{i:05d}",
@@ -128,6 +131,26 @@ def mid_shard(instant_log: Path, shard_size: int) -> bool:
     the first (part of it checkpointed, part not)."""
     n = sum(answered(instant_log).values())
     return n >= shard_size and 0.3 <= (n % shard_size) / shard_size <= 0.7
+
+
+def answers_in(instant_log: Path, ids: list[str]) -> int:
+    counts = answered(instant_log)
+    return sum(counts[c] for c in ids)
+
+
+class ResumeClock:
+    """Polled while a test waits (`while_waiting`): when the engine first answers
+    any of `ids` again after a fault, i.e. when their shard resumed."""
+
+    def __init__(self, instant_log: Path, ids: list[str]):
+        self.instant_log = instant_log
+        self.ids = ids
+        self.before = answers_in(instant_log, ids)
+        self.at: float | None = None
+
+    def __call__(self) -> None:
+        if self.at is None and answers_in(self.instant_log, self.ids) > self.before:
+            self.at = time.monotonic()
 
 
 def recomputed(instant_log: Path) -> int:

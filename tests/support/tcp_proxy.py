@@ -5,6 +5,7 @@
     settings(s3_endpoint=proxy.endpoint)
     proxy.cut()      # new connections are refused, open ones are reset
     proxy.restore()  # the same address answers again
+    proxy.drop_next_answers(1)  # the next request is served, its answer never arrives
 
 The listening socket is bound to an explicit port, so on Linux shutting it down
 stops it listening but keeps the port: nobody else can take the address while
@@ -44,6 +45,7 @@ class TcpProxy:
         self._open: set[socket.socket] = set()
         self._up = threading.Event()
         self._stopped = False
+        self._answers_to_drop = 0
 
     @property
     def port(self) -> int:
@@ -98,6 +100,13 @@ class TcpProxy:
             self._listener.listen(_BACKLOG)
             self._up.set()
 
+    def drop_next_answers(self, count: int = 1) -> None:
+        """The next `count` answers of the target are never delivered: the client's
+        connection is reset as the first byte of an answer comes back, so the
+        request was served but the client never hears (a lost answer)."""
+        with self._lock:
+            self._answers_to_drop = count
+
     @property
     def is_up(self) -> bool:
         return self._up.is_set()
@@ -132,14 +141,18 @@ class TcpProxy:
                     continue
                 self._open.update((client, upstream))
                 self.accepted += 1
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(src, dst), name="tcp-proxy-pump", daemon=True).start()
+            for src, dst, answers in ((client, upstream, False), (upstream, client, True)):
+                pump = threading.Thread(target=self._pump, args=(src, dst, answers), name="tcp-proxy-pump", daemon=True)
+                pump.start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, answers: bool) -> None:
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
+                    break
+                if answers and self._drop_answer():
+                    _reset(dst)
                     break
                 dst.sendall(data)
         except OSError:
@@ -152,6 +165,13 @@ class TcpProxy:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
+
+    def _drop_answer(self) -> bool:
+        with self._lock:
+            if self._answers_to_drop <= 0:
+                return False
+            self._answers_to_drop -= 1
+            return True
 
     def __enter__(self) -> Self:
         return self
