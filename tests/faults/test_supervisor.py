@@ -98,6 +98,7 @@ def test_kill_9_mid_shard_the_supervisor_restarts_the_worker(
                "--without-gossip", "--without-mingle"]  # fmt: skip
     sup = supervised({"llm": shlex.join(command)}, llm.env)
     wait_until(lambda: f"{llm.nodename} ready." in sup.log("llm"), 120, what="the supervised worker ready")
+    wait_until(lambda: sup.pid("llm"), 30, what="supervisord to count the worker RUNNING (after startsecs)")
     size, every = stack.settings.shard_size, stack.settings.progress_every
     requests = instant_requests(6 * size)
     job_id = submit(stack, requests, receiver.url)
