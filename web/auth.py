@@ -161,9 +161,12 @@ def _rate_limit() -> str:
 
 
 def _retry_after_only_when_refused(response: Response) -> Response:
-    """Flask-Limiter sets Retry-After on every response; it means something on a 429 or 503 only."""
+    """Flask-Limiter sets Retry-After on every response, from the rate window; it means
+    something on a 429 or 503 only, and an error that named its own (a quota's) keeps it."""
     if response.status_code not in (429, 503):
         response.headers.pop("Retry-After", None)
+    elif "retry_after" in g:
+        response.headers["Retry-After"] = g.retry_after
     return response
 
 

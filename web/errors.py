@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, g, has_request_context, jsonify
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
@@ -16,6 +16,8 @@ log = logging.getLogger(__name__)
 def error_response(error: ServiceError) -> tuple[Response, int]:
     response = jsonify(error.to_dict())
     response.headers.update(error.headers)
+    if "Retry-After" in error.headers and has_request_context():
+        g.retry_after = error.headers["Retry-After"]  # the rate limiter's header hook must not replace it
     return response, error.type.status
 
 
