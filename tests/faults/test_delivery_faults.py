@@ -83,7 +83,8 @@ def test_webhook_receiver_down_then_failing_then_up(
     assert answered[:2] == [500, 500] and answered[-1] == 200 and answered.count(200) == 1
     # The service asked for growing waits between attempts.
     assert delays == sorted(delays) and delays[-1] > delays[0]
-    assert stack.services.jobs.get(job_id).webhook_status == "delivered"
+    # The receiver has answered 200; the worker records it just after reading that answer.
+    wait_until(lambda: stack.services.jobs.get(job_id).webhook_status == "delivered", 30, what="delivered")
 
 
 def pause(*workers: Worker) -> None:
