@@ -40,8 +40,10 @@ RUN --mount=type=cache,target=/root/.cache/pip scripts/install.sh gpu
 
 # --- what runs: the code and venv owned by root (read-only to the services), var/ theirs ---
 FROM base AS runtime
-# Named volumes mounted on these start out with the image's owner, so the services can write them.
-RUN mkdir -p /app/var/hf /app/var/models && chown -R batchsvc:batchsvc /app/var
+# Named volumes mounted on these start out with the image's owner, so the services can
+# write them; var/metrics/* are the Procfile's Prometheus multiprocess directories.
+RUN mkdir -p /app/var/hf /app/var/models /app/var/metrics/web /app/var/metrics/cpu \
+    && chown -R batchsvc:batchsvc /app/var
 ENV PATH=/app/.venv/bin:$PATH \
     HOME=/home/batchsvc \
     HF_HOME=/app/var/hf

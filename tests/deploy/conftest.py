@@ -55,14 +55,18 @@ def compose() -> dict[str, Any]:
 
 
 def warm_shutdown_s() -> float:
-    """How long an LLM worker told to stop may take to checkpoint its running shard:
-    it notices at the next checkpoint (at most `progress_interval_s` away), writes the
-    part and gives the rest of the shard back. The 60 s are for the engine to stop
-    and the last writes to Redis and storage on a loaded host."""
+    """How long an LLM worker told to stop (TERM) may take to checkpoint its running shard.
+    It stops at the shard's next result (tasks/leasing.py `shutting_down`), writes the
+    checkpoint and gives the rest back. A healthy engine gives a result at least every
+    `stuck_after_s` (past that the watchdog calls it hung), and between results the
+    shard has checkpointed at most `progress_interval_s` ago; the 60 s are for the
+    engine to stop and the last writes to Redis and storage on a loaded host. KILL
+    before then still loses nothing finished: the lease lapses after `lease_ttl_s`
+    and the shard resumes from its last checkpoint elsewhere."""
     from batchsvc.settings import load_settings
 
     settings = load_settings(environ={})
-    return 2 * settings.progress_interval_s + 60
+    return settings.stuck_after_s + settings.progress_interval_s + 60
 
 
 def duration_s(text: str) -> float:

@@ -154,3 +154,11 @@ def test_healthcheck_pings_a_real_cpu_worker(tmp_path: Path) -> None:
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(timeout=60)
         log.close()
+
+
+def test_the_image_has_the_directories_the_procfile_writes() -> None:
+    """The Procfile's Prometheus multiprocess directories exist in the image, owned by the services."""
+    made = " ".join(line for line in dockerfile_stages()["runtime"] if line.startswith("RUN mkdir"))
+    for directory in re.findall(r"PROMETHEUS_MULTIPROC_DIR=(\S+)", (PROJECT_ROOT / "Procfile").read_text()):
+        assert f"/app/{directory}" in made.split(), directory
+    assert "chown -R batchsvc:batchsvc /app/var" in made

@@ -183,3 +183,12 @@ def test_every_metric_named_is_exported() -> None:
     for doc in DOCS:
         for metric in set(re.findall(r"\bbatchsvc_[a-z_]+\b", doc.read_text())):
             assert f'"{metric}"' in sources or metric in sources, f"{doc.name} names {metric}, which nothing exports"
+
+
+def test_every_alert_named_is_a_rule() -> None:
+    rules = yaml.safe_load((PROJECT_ROOT / "configs" / "prometheus" / "alerts.yml").read_text())
+    alerts = {rule["alert"] for group in rules["groups"] for rule in group["rules"] if "alert" in rule}
+    named = set()
+    for doc in DOCS:
+        named |= set(re.findall(r"[Aa]lert `(\w+)`", doc.read_text())) | set(re.findall(r"; `(\w+)`:", doc.read_text()))
+    assert named and named <= alerts, named - alerts
