@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 
+import redis
 from flask import Flask, Response, g, has_request_context, jsonify
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
 from batchsvc.errors import ErrorType, ServiceError
+from batchsvc.storage.base import StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,20 @@ def register_error_handlers(app: Flask) -> None:
             if name.lower() not in ("content-type", "content-length"):
                 response.headers[name] = value
         return response, status
+
+    @app.errorhandler(redis.ConnectionError)
+    @app.errorhandler(redis.TimeoutError)
+    @app.errorhandler(StorageUnavailable)
+    def _backend_down(error: Exception):
+        # Redis or storage is unreachable: nothing the client sent is wrong, and a retry may work.
+        log.warning("backend unavailable: %s", type(error).__name__)
+        return error_response(
+            ServiceError(
+                ErrorType.UNAVAILABLE,
+                "the service's state store or storage is unreachable; retry shortly",
+                headers={"Retry-After": "5"},
+            )
+        )
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception):

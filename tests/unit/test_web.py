@@ -541,6 +541,13 @@ def test_readyz_checks_redis(client: FlaskClient) -> None:
     assert response.get_json() == {"status": "ok", "checks": {"redis": True, "storage": True, "workers": True}}
 
 
+def test_an_api_call_while_redis_is_down_is_a_503_envelope_with_retry_after(make_app: Any) -> None:
+    client = make_app(state_redis_url="redis://127.0.0.1:1/0", role=None).test_client()
+    response = client.get("/v1/batch", headers={"Authorization": "Bearer bsk_" + "x" * 43})
+    assert error_of(response, 503, "service_unavailable")
+    assert response.headers["Retry-After"] == "5"
+
+
 def test_readyz_is_503_when_redis_is_down(make_app: Any) -> None:
     client = make_app(state_redis_url="redis://127.0.0.1:1/0", role=None).test_client()
     response = client.get("/readyz")
