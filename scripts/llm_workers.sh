@@ -9,7 +9,7 @@
 #   BATCHSVC_GPU_MODELS     per-GPU models instead, e.g. "0:qwen3-4b 1:llama-3.2-1b,gemma-3-4b";
 #                           a GPU it does not name serves BATCHSVC_WORKER_MODELS
 #   BATCHSVC_METRICS_PORT   the first worker's Prometheus port (default 9102); the
-#                           worker of GPU N serves on that port + N
+#                           worker of GPU N serves on that port + N; 0 turns them off
 #
 # A worker loads the first model of its list at start and consumes the queues of all
 # of them; `batchsvc workers swap` moves it to another model later without a restart.
@@ -38,6 +38,10 @@ models_of_gpu() {  # the model list of GPU $1
     echo "$MODELS"
 }
 
+metrics_port() {  # of GPU $1
+    if [ "$METRICS_PORT" = 0 ]; then echo 0; else echo $((METRICS_PORT + $1)); fi
+}
+
 worker() {  # node name, model list; replaces the calling shell with the worker
     local queues
     queues=$(echo "$2" | tr ',' '\n' | sed "s/^/$PREFIX./" | paste -sd, -)
@@ -55,12 +59,13 @@ if [ ${#GPUS[@]} -eq 1 ]; then
     # TERM of `docker stop` or Kubernetes itself, and no exit of this script cuts its
     # warm shutdown short.
     export CUDA_VISIBLE_DEVICES=${GPUS[0]}
-    export BATCHSVC_METRICS_PORT=$((METRICS_PORT + GPUS[0]))
+    BATCHSVC_METRICS_PORT=$(metrics_port "${GPUS[0]}")
+    export BATCHSVC_METRICS_PORT
     worker "llm-gpu${GPUS[0]}" "$(models_of_gpu "${GPUS[0]}")"
 fi
 
 trap 'kill 0' INT TERM EXIT
 for gpu in "${GPUS[@]}"; do
-    (CUDA_VISIBLE_DEVICES=$gpu BATCHSVC_METRICS_PORT=$((METRICS_PORT + gpu)) worker "llm-gpu$gpu" "$(models_of_gpu "$gpu")") &
+    (CUDA_VISIBLE_DEVICES=$gpu BATCHSVC_METRICS_PORT=$(metrics_port "$gpu") worker "llm-gpu$gpu" "$(models_of_gpu "$gpu")") &
 done
 wait
