@@ -56,6 +56,12 @@ class ApiError(click.ClickException):
     exit_code = EXIT_ERROR
 
 
+class CatalogError(click.ClickException):
+    """A local model catalogue that cannot take the change asked for."""
+
+    exit_code = EXIT_ERROR
+
+
 class Client:
     def __init__(self, url: str, api_key: str | None, timeout: float = 60.0):
         self.url = url.rstrip("/")
@@ -548,6 +554,36 @@ def workers_swap(client: Client, name: str, model: str) -> None:
     finishes its current shard first; `batchsvc workers list` shows when it is done."""
     client.call("POST", f"/v1/admin/workers/{name}/model", json={"model": model})
     click.echo(f"{name} will move to {model} after its current shard", err=True)
+
+
+@main.group()
+def models() -> None:
+    """Edit this host's model catalogue (configs/models.yaml)."""
+
+
+@models.command("add")
+@click.argument("name_or_path")
+@click.option("--alias", default=None, help="the name jobs use (default: the model's own name, lower-cased)")
+@click.option(
+    "--file",
+    "models_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="BATCHSVC_MODELS_FILE",
+    default="configs/models.yaml",
+    show_default=True,
+)
+def models_add(name_or_path: str, alias: str | None, models_file: Path) -> None:
+    """Add NAME_OR_PATH (a Hugging Face id or a local model directory) to the catalogue.
+    A local directory's config.json sizes the engine settings; a hub name gets
+    conservative ones. The API and the workers read the entry when they start."""
+    from batchsvc.inference.models import ModelConfigError, add_model  # a local edit, not an API call
+
+    try:
+        added, entry, how = add_model(models_file, name_or_path, alias)
+    except (ModelConfigError, OSError) as exc:
+        raise CatalogError(str(exc)) from None
+    click.echo(added)
+    click.echo(f"added {added} ({entry['model']}) to {models_file}: {how}", err=True)
 
 
 if __name__ == "__main__":

@@ -216,3 +216,87 @@ class ModelCatalog:
 
     def __contains__(self, alias: object) -> bool:
         return alias in self._specs
+
+
+# --- adding a model: `batchsvc models add` ----------------------------------------
+
+# For a hub name, whose config.json cannot be read here: settings that start on any
+# GPU of 24 GB and up with a model of up to ~8B parameters. Tune them after a trial run.
+CONSERVATIVE_ENGINE_ARGS: dict[str, Any] = {
+    "dtype": "auto",
+    "max_model_len": 4096,
+    "max_num_seqs": 64,
+    "max_num_batched_tokens": 8192,
+    "gpu_memory_utilization": 0.85,
+    "enable_prefix_caching": True,
+    "tensor_parallel_size": 1,
+}
+
+
+def alias_for(name_or_path: str) -> str:
+    """'Qwen/Qwen3-4B' or '/models/Qwen3-4B/' -> 'qwen3-4b'."""
+    return name_or_path.rstrip("/").rsplit("/", 1)[-1].lower()
+
+
+def _parameters(config: Mapping[str, Any]) -> int:
+    """A decoder's parameter count from its config.json (embeddings, attention, MLP)."""
+    hidden = int(config.get("hidden_size", 0))
+    layers = int(config.get("num_hidden_layers", 0))
+    mlp = int(config.get("intermediate_size", 4 * hidden))
+    vocab = int(config.get("vocab_size", 0))
+    return 2 * vocab * hidden + layers * (4 * hidden * hidden + 3 * hidden * mlp)
+
+
+def sized_engine_args(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Engine settings sized from a local model's config.json."""
+    config = config.get("text_config", config)  # multimodal configs nest the language model
+    params = _parameters(config)
+    dtype = str(config.get("torch_dtype") or config.get("dtype") or "auto")
+    quant = (config.get("quantization_config") or {}).get("quant_method")
+    args: dict[str, Any] = {
+        "dtype": dtype if dtype in ("bfloat16", "float16", "float32") else "auto",
+        # Scoring prompts are ~1,300 tokens; a longer limit only shrinks the batch.
+        "max_model_len": min(int(config.get("max_position_embeddings", 4096)), 4096),
+        "max_num_seqs": 256 if params <= 5e9 else 64,  # small models: many short sequences at once
+        "max_num_batched_tokens": 16384 if params <= 5e9 else 8192,
+        "gpu_memory_utilization": 0.90,
+        "enable_prefix_caching": True,
+        "tensor_parallel_size": 1 if params <= 15e9 else 2,  # ~30 GB of bf16 weights fit one 80 GB GPU
+    }
+    if quant == "fp8":
+        args["quantization"] = "fp8"
+    return args
+
+
+def add_model(path: Path, name_or_path: str, alias: str | None = None) -> tuple[str, dict[str, Any], str]:
+    """Append an entry for `name_or_path` to the models file at `path`; returns the
+    alias, the entry and how its settings were chosen. Refuses an alias in use."""
+    alias = alias or alias_for(name_or_path)
+    existing = load_models(path)
+    if alias in existing:
+        raise ModelConfigError(f"{path}: model {alias!r} already exists; choose another --alias")
+    local = Path(name_or_path).expanduser()
+    config_file = local / "config.json"
+    if config_file.is_file():
+        import json
+
+        args = sized_engine_args(json.loads(config_file.read_text()))
+        entry: dict[str, Any] = {"model": str(local.absolute()), "engine_args": args}
+        how = f"engine settings sized from {config_file}"
+    else:
+        entry = {"model": name_or_path, "engine_args": dict(CONSERVATIVE_ENGINE_ARGS)}
+        how = "no local config.json to size it from: conservative engine settings; tune them after a trial run"
+    if problems := check_entry(alias, entry):
+        raise ModelConfigError(f"model {alias!r}: " + "; ".join(problems))
+    block = yaml.safe_dump({alias: entry}, sort_keys=False, default_flow_style=None)
+    original = path.read_text()
+    text = original.rstrip("\n") + "\n" + f"  # added by `batchsvc models add {name_or_path}`\n"
+    text += "".join(f"  {line}\n" for line in block.splitlines())
+    path.write_text(text)
+    try:
+        if alias not in load_models(path):  # `models:` was not the file's last section
+            raise ModelConfigError(f"{path}: could not append to its models section; add {alias!r} by hand")
+    except ModelConfigError:
+        path.write_text(original)
+        raise
+    return alias, entry, how
