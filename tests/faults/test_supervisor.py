@@ -126,6 +126,12 @@ def test_kill_9_mid_shard_the_supervisor_restarts_the_worker(
     assert_invariants(outcome, requests, watch)
     assert new_pid is not None and new_pid != pid
     assert "GAVE UP" not in sup.status()["llm"]  # one crash is not a loop
+    # `make up` again leaves a running process alone; `make down` stops everything.
+    assert "already running" in sup.run("up", "llm")
+    assert sup.pid("llm") == new_pid
+    sup.run("down")
+    assert "supervisord is not running" in sup.status()["llm"]
+    assert subprocess.run(["kill", "-0", str(new_pid)], capture_output=True).returncode != 0  # the worker is gone
     assert resumed.at - killed_at <= 30
     assert outcome.recomputed <= every
 
