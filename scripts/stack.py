@@ -228,9 +228,19 @@ def down(names: list[str], everything: bool) -> int:
         except xmlrpc.client.Fault as fault:
             print(f"{name:8} {fault.faultString.lower().replace('_', ' ')}")
     if everything:
+        # Every process first (the Procfile's and crashguard), waiting for each to end;
+        # then supervisord itself, waiting for its pid to go.
+        for result in server.stopAllProcesses(True):
+            if result["status"] == 80:  # supervisor.xmlrpc.Faults.SUCCESS
+                print(f"{result['name']:8} stopped")
+        pid = int((RUN / "supervisord.pid").read_text())
         server.shutdown()
-        deadline = time.monotonic() + 30
-        while supervisord_running() and time.monotonic() < deadline:
+        deadline = time.monotonic() + STOP_WAIT_SECS
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
             time.sleep(0.2)
         print("supervisord stopped")
     return 0
