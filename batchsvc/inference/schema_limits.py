@@ -6,9 +6,10 @@ characters of property names, definition names, enum and const values, 15,000
 characters for one enum of more than 250 string values). Lowered where a worker
 here cannot afford them: grammar compilation (xgrammar, as vLLM runs it) grows
 faster than linearly with optional properties. Measured on this 2-core machine
-with the tiny model's tokenizer, one compile thread (scripts/bench_grammar.py):
-200 properties 0.1 s, 500 1 s, 1,000 13 s, 2,000 76 s; the issue saw 5,000 take
-a vLLM worker past 5 GB. So a schema holds at most 256 properties. Whatever passes
+(shared, so noisy) with the tiny model's tokenizer and one compile thread, by
+`scripts/bench_grammar.py`: 200 properties 0.05-0.1 s, 500 0.35-1 s, 1,000
+6.5-13 s, 2,000 76 s; the issue saw 5,000 take a vLLM worker past 5 GB. So a
+schema holds at most 256 properties. Whatever passes
 these limits still compiles under a time and memory budget (grammar_budget.py).
 """
 
