@@ -96,8 +96,14 @@ class Compiler:
             preexec_fn=limit,
         )
         assert child.stdout is not None
-        ready, _, _ = select.select([child.stdout], [], [], 120)
-        if not ready or child.stdout.readline() != _READY:
+        deadline = time.monotonic() + 120
+        line = b""
+        while line != _READY:  # libraries may print to stdout while they load: skip that
+            ready, _, _ = select.select([child.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            line = child.stdout.readline() if ready else b""
+            if not line:
+                break
+        if line != _READY:
             log.warning("grammar budget: the compiler child did not start; schemas go unchecked")
             self._kill(child)
             return None
