@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from batchsvc.errors import JobNotFound
 from batchsvc.inference.models import ModelSpec
 from batchsvc.services import Services
 from batchsvc.store.jobs import Counts, Job, JobStatus
@@ -79,29 +78,20 @@ def cost_report(svc: Services, tenant: str | None, since: float | None = None) -
     None) created at or after `since`. The rate is measured: requests the engine
     computed per engine-second."""
     by_model: dict[str, ModelCosts] = {}
-    after: str | None = None
-    while True:
-        ids = svc.jobs.list_ids(limit=100, after=after, tenant=tenant)
-        for job_id in ids:
-            try:
-                job = svc.jobs.get(job_id)
-            except JobNotFound:
-                continue
-            if since is not None and job.created_at < since:
-                return _rows(by_model)  # the index is newest first: the rest is older
-            if job.status is not JobStatus.COMPLETED or not job.stats:
-                continue
-            spec = svc.models.get(job.model)
-            row = by_model.setdefault(job.model, ModelCosts(job.model))
-            row.gpu_hour_price = spec.gpu_hour_price if spec else None
-            row.jobs += 1
-            row.requests += int(job.stats.get("engine_requests", 0))
-            row.reused += int(job.stats.get("reused", 0))
-            row.engine_seconds += float(job.stats.get("engine_seconds", 0.0))
-            row.cost += float(job.stats.get("cost") or 0.0)
-        if len(ids) < 100:
-            return _rows(by_model)
-        after = ids[-1]
+    for job in svc.jobs.newest(tenant=tenant):
+        if since is not None and job.created_at < since:
+            break  # the index is newest first: the rest is older
+        if job.status is not JobStatus.COMPLETED or not job.stats:
+            continue
+        spec = svc.models.get(job.model)
+        row = by_model.setdefault(job.model, ModelCosts(job.model))
+        row.gpu_hour_price = spec.gpu_hour_price if spec else None
+        row.jobs += 1
+        row.requests += int(job.stats.get("engine_requests", 0))
+        row.reused += int(job.stats.get("reused", 0))
+        row.engine_seconds += float(job.stats.get("engine_seconds", 0.0))
+        row.cost += float(job.stats.get("cost") or 0.0)
+    return _rows(by_model)
 
 
 def _rows(by_model: dict[str, ModelCosts]) -> list[dict[str, Any]]:

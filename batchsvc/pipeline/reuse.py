@@ -34,24 +34,15 @@ def _refuse(message: str, field: str = "reuse_from") -> ServiceError:
 
 def latest_run(svc: Services, tenant: str, job_name: str, model: str) -> Job | None:
     """The tenant's newest completed job of `model` named `job_name`."""
-    after: str | None = None
-    while True:
-        ids = svc.jobs.list_ids(limit=100, after=after, tenant=tenant)
-        for job_id in ids:
-            try:
-                job = svc.jobs.get(job_id)
-            except JobNotFound:
-                continue
-            if (
-                job.status is JobStatus.COMPLETED
-                and job.model == model
-                and job.metadata.get("job_name") == job_name
-                and job.results_key
-            ):
-                return job
-        if len(ids) < 100:
-            return None
-        after = ids[-1]
+    for job in svc.jobs.newest(tenant=tenant):
+        if (
+            job.status is JobStatus.COMPLETED
+            and job.model == model
+            and job.metadata.get("job_name") == job_name
+            and job.results_key
+        ):
+            return job
+    return None
 
 
 def reuse_sources(

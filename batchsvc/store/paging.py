@@ -6,7 +6,7 @@ after the record); a page skips such ids and reads further until it is full, so
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -70,3 +70,17 @@ class PagedIndex(Generic[T]):
             after=after,
             keep=keep,
         )
+
+    def newest(self, *, tenant: str | None, batch: int = 100) -> Iterator[T]:
+        """Every record, newest first, read `batch` ids at a time; a caller that has
+        seen enough stops iterating, and nothing more is read."""
+        after: str | None = None
+        while True:
+            ids = self.list_ids(limit=batch, after=after, tenant=tenant)
+            for record_id in ids:
+                record = self.find(record_id)
+                if record is not None:
+                    yield record
+            if len(ids) < batch:
+                return
+            after = ids[-1]
