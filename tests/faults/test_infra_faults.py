@@ -83,6 +83,9 @@ def test_redis_restarted_mid_job(
 ) -> None:
     # Broker, results and job state all live on this test's own redis-server (AOF on).
     # What a restart loses anyway (the running shard's delivery), the sweeper re-drives.
+    # stall_after_s lowered from 900 to 5 and sweep_interval_s from 60 to 2: a delivery lost with
+    # Redis's memory is found only by the sweeper, and its shipped 15 minutes do not fit CI.
+    # The sweeper is the backstop; leases (tested at their shipped values) catch dead workers.
     stack = make_stack(delay_s=0.02, stall_after_s=5, sweep_interval_s=2)
     with sweeper(stack, tmp_path) as beat:
         requests = instant_requests(8 * stack.settings.shard_size)
@@ -110,6 +113,9 @@ def test_a_redis_restart_costs_the_running_shard_no_attempt(
     tmp_path: Path,
 ) -> None:
     # One attempt allowed: a restart that counted as the shard's failure makes it give up.
+    # stall_after_s lowered from 900 to 5 and sweep_interval_s from 60 to 2: a delivery lost with
+    # Redis's memory is found only by the sweeper, and its shipped 15 minutes do not fit CI.
+    # The sweeper is the backstop; leases (tested at their shipped values) catch dead workers.
     stack = make_stack(delay_s=0.02, shard_max_attempts=1, stall_after_s=5, sweep_interval_s=2)
     with sweeper(stack, tmp_path):
         requests = instant_requests(4 * stack.settings.shard_size)

@@ -210,7 +210,7 @@ def test_a_hung_engine_is_killed_by_the_watchdog_and_the_shard_given_up(
     make_stack: Callable[..., Stack], receiver: WebhookReceiver, instant_log: Path, report: Callable[..., None]
 ) -> None:
     # stuck_after_s lowered from 300 to 2: the shipped value is the seed's five-minute
-    # alert, too long to wait for in CI (test_watchdog.py checks the default is what a
+    # alert, too long to wait for in CI (tests/unit/test_leases.py checks the default is what a
     # worker's heartbeat uses). shard_max_attempts lowered from 3 to 1, so the first
     # re-driven start already gives up: the hang counted as that shard's attempt.
     stack = make_stack(delay_s=0.01, beat=True, stuck_after_s=2, shard_max_attempts=1)
