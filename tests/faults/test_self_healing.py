@@ -80,21 +80,29 @@ def assert_shipped_lease_settings(settings: Settings) -> None:
         assert getattr(settings, name) == getattr(shipped, name), name
 
 
-def test_kill_9_mid_shard_a_second_worker_takes_over(
-    make_stack: Callable[..., Stack], receiver: WebhookReceiver, instant_log: Path, report: Callable[..., None]
-) -> None:
-    # 30 ms a request: a 50-request shard runs for 1.5 s, long enough to kill it half-way.
+def two_workers_half_way(
+    make_stack: Callable[..., Stack], receiver: WebhookReceiver, instant_log: Path
+) -> tuple[Stack, list[dict], str, Any]:
+    """A stack at the shipped lease settings with a second LLM worker, and an 8-shard job
+    whose shard on the first worker is half done: the moment to hurt that worker."""
+    # 30 ms a request: a 50-request shard runs for 1.5 s, long enough to stop it half-way.
     stack = make_stack(delay_s=0.03, beat=True)
     assert_shipped_lease_settings(stack.settings)
     second = stack.add_worker("llm2", stack.llm)
     second.start()
     second.wait_ready()
-    size, every = stack.settings.shard_size, stack.settings.progress_every
-    requests = instant_requests(8 * size)
+    requests = instant_requests(8 * stack.settings.shard_size)
     job_id = submit(stack, requests, receiver.url)
-
     lease = wait_until(lambda: half_way(stack, stack.llm, requests, instant_log), 120, interval=0.02,
                        what="a shard of llm half done")  # fmt: skip
+    return stack, requests, job_id, lease
+
+
+def test_kill_9_mid_shard_a_second_worker_takes_over(
+    make_stack: Callable[..., Stack], receiver: WebhookReceiver, instant_log: Path, report: Callable[..., None]
+) -> None:
+    stack, requests, job_id, lease = two_workers_half_way(make_stack, receiver, instant_log)
+    size, every = stack.settings.shard_size, stack.settings.progress_every
     stack.llm.kill()  # SIGKILL: no chance to flush, to give the message back, or to release the lease
     killed_at = time.monotonic()
     ids = shard_ids(lease, requests, size)
@@ -169,17 +177,8 @@ def test_sigterm_mid_shard_checkpoints_and_requeues_at_once(
 def test_sigstop_mid_shard_the_frozen_worker_is_killed_and_another_takes_over(
     make_stack: Callable[..., Stack], receiver: WebhookReceiver, instant_log: Path, report: Callable[..., None]
 ) -> None:
-    stack = make_stack(delay_s=0.03, beat=True)
-    assert_shipped_lease_settings(stack.settings)
-    second = stack.add_worker("llm2", stack.llm)
-    second.start()
-    second.wait_ready()
+    stack, requests, job_id, lease = two_workers_half_way(make_stack, receiver, instant_log)
     size, every = stack.settings.shard_size, stack.settings.progress_every
-    requests = instant_requests(8 * size)
-    job_id = submit(stack, requests, receiver.url)
-
-    lease = wait_until(lambda: half_way(stack, stack.llm, requests, instant_log), 120, interval=0.02,
-                       what="a shard of llm half done")  # fmt: skip
     assert stack.llm.process is not None
     os.kill(stack.llm.process.pid, signal.SIGSTOP)  # frozen: the process lives, its heartbeat thread too is stopped
     stopped_at = time.monotonic()
