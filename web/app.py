@@ -43,8 +43,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     from web.health import health
     from web.instrument import install as instrument
     from web.openai_api import bp as openai_bp
+    from web.openapi import install as install_openapi
 
     app.wsgi_app = guard_input(app.wsgi_app)  # type: ignore[method-assign]
+    api = install_openapi(app)
     register_error_handlers(app)
     audit.install(app)
     auth.install(app)
@@ -54,5 +56,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(admin_bp)
     app.register_blueprint(fleet_bp)
     app.register_blueprint(backup_bp)
-    app.register_blueprint(health)
+    api.register_blueprint(health)
     return app

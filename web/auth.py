@@ -22,10 +22,11 @@ from batchsvc.services import Services
 from batchsvc.store.files import FileNotFound, FileRecord
 from batchsvc.store.jobs import Job
 from batchsvc.store.keys import ApiKey
-from web import audit
+from web import audit, openapi
 
-# Endpoints anyone may call: liveness and readiness, and the signed download links.
-PUBLIC_ENDPOINTS = frozenset({"health.healthz", "health.readyz", "v1.download"})
+# Endpoints anyone may call: liveness and readiness, the signed download links,
+# and the API's own description (web/openapi.py).
+PUBLIC_ENDPOINTS = frozenset({"health.healthz", "health.readyz", "v1.download"}) | openapi.PUBLIC_ENDPOINTS
 
 
 def _services() -> Services:

@@ -7,7 +7,8 @@ import time
 from typing import Any
 
 import redis
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Response, current_app
+from marshmallow import Schema, fields
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from batchsvc import metrics
@@ -18,8 +19,9 @@ from batchsvc.storage.base import StorageUnavailable
 from batchsvc.store.workers import live_models
 from tasks.names import llm_queue, queue_keys
 from web.auth import requires
+from web.openapi import Blueprint
 
-health = Blueprint("health", __name__)
+health = Blueprint("health", __name__, description="Liveness, readiness and Prometheus metrics")
 
 # A key no one writes: asking whether it exists is a round trip to the storage backend.
 PROBE_KEY = "health/readiness-probe"
@@ -29,10 +31,23 @@ def _services() -> Services:
     return current_app.extensions["batchsvc"]
 
 
+class LivenessSchema(Schema):
+    status = fields.String(required=True)
+
+
+class ReadinessSchema(Schema):
+    status = fields.String(required=True, metadata={"enum": ["ok", "unavailable"]})
+    checks = fields.Dict(keys=fields.String(), values=fields.Boolean(), required=True)
+    # Present when a check failed: why, per check.
+    failed = fields.Dict(keys=fields.String(), values=fields.String())
+
+
 @health.get("/healthz")
-def healthz() -> Response:
+@health.response(200, LivenessSchema)
+@health.doc(security=[])
+def healthz() -> dict[str, str]:
     """Liveness: the process answers. Nothing else is asked."""
-    return jsonify({"status": "ok"})
+    return {"status": "ok"}
 
 
 class WorkerCheck:
@@ -91,7 +106,10 @@ def _check_workers(svc: Services) -> str | None:
 
 
 @health.get("/readyz")
-def readyz() -> tuple[Response, int]:
+@health.response(200, ReadinessSchema)
+@health.alt_response(503, schema=ReadinessSchema, description="a check failed: `failed` names it")
+@health.doc(security=[])
+def readyz() -> tuple[dict[str, Any], int]:
     """Readiness: Redis, storage, and a live LLM worker for each model of
     BATCHSVC_WORKER_MODELS. 503 names the checks that failed."""
     svc = _services()
@@ -101,7 +119,7 @@ def readyz() -> tuple[Response, int]:
     body: dict[str, Any] = {"status": "unavailable" if failed else "ok", "checks": {n: n not in failed for n in checks}}
     if failed:
         body["failed"] = failed
-    return jsonify(body), 503 if failed else 200
+    return body, 503 if failed else 200
 
 
 def _queue_depths(svc: Services) -> dict[str, int]:
@@ -114,6 +132,7 @@ def _queue_depths(svc: Services) -> dict[str, int]:
 
 
 @health.get("/metrics")
+@health.response(200, content_type=CONTENT_TYPE_LATEST, description="Prometheus text exposition")
 @requires(Role.ADMIN)
 def metrics_view() -> Response:
     """This API's own metrics (all its gunicorn workers', in multiprocess mode)
