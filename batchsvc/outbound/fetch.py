@@ -9,6 +9,7 @@ import tempfile
 
 from batchsvc.outbound import netguard
 from batchsvc.outbound.netguard import Allowlist
+from batchsvc.settings import Settings
 from batchsvc.storage.base import Storage
 
 _CHUNK = 1024 * 1024
@@ -16,6 +17,19 @@ _CHUNK = 1024 * 1024
 
 class FetchError(Exception):
     """The input URL could not be read; the message is safe to show the client."""
+
+
+def fetch_input(settings: Settings, url: str, storage: Storage, key: str) -> int:
+    """A job's (or a dry run's) input URL copied to `key` under the service's limits:
+    max_file_bytes, fetch_timeout_s and the outbound allowlist."""
+    return fetch_to_storage(
+        url,
+        storage,
+        key,
+        max_bytes=settings.max_file_bytes,
+        timeout=settings.fetch_timeout_s,
+        allow=Allowlist.parse(settings.outbound_allowlist),
+    )
 
 
 def fetch_to_storage(

@@ -21,8 +21,7 @@ from batchsvc.inference.models import ModelSpec
 from batchsvc.inference.provenance import weights_identity
 from batchsvc.inference.sampling import max_tokens_for
 from batchsvc.inference.tokens import prompt_tokens
-from batchsvc.outbound.fetch import FetchError, fetch_to_storage
-from batchsvc.outbound.netguard import Allowlist
+from batchsvc.outbound.fetch import FetchError, fetch_input
 from batchsvc.pipeline.costs import cost_of
 from batchsvc.pipeline.prepare import batch_validator
 from batchsvc.pipeline.reuse import reuse_index, reuse_sources
@@ -160,14 +159,7 @@ def _count(svc: Services, record: dict[str, Any], key: str) -> dict[str, Any]:
         return {"status": "invalid", "errors": [{"code": "unknown_model", "message": "model is not served here"}]}
     if record.get("input_url"):
         try:
-            fetch_to_storage(
-                record["input_url"],
-                svc.storage,
-                key,
-                max_bytes=settings.max_file_bytes,
-                timeout=settings.fetch_timeout_s,
-                allow=Allowlist.parse(settings.outbound_allowlist),
-            )
+            fetch_input(settings, record["input_url"], svc.storage, key)
         except FetchError as exc:
             return {"status": "invalid", "errors": [{"code": "fetch_failed", "message": str(exc), "line": None}]}
     validator = batch_validator(settings, spec, None)

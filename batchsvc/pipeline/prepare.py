@@ -17,8 +17,7 @@ from batchsvc.inference.fingerprint import request_fingerprint
 from batchsvc.inference.models import ModelSpec
 from batchsvc.inference.provenance import reproducibility_record
 from batchsvc.inference.validation import DEFAULT_SUPPORTED_URLS, BatchRequest, BatchValidator
-from batchsvc.outbound.fetch import FetchError, fetch_to_storage
-from batchsvc.outbound.netguard import Allowlist
+from batchsvc.outbound.fetch import FetchError, fetch_input
 from batchsvc.pipeline.reuse import reuse_index
 from batchsvc.pipeline.shards import give_up_shard
 from batchsvc.services import Services
@@ -160,14 +159,7 @@ def prepare_job(svc: Services, job_id: str) -> Manifest | None:
     if input_key is None:
         input_key = layout.input_key(job)
         try:
-            fetch_to_storage(
-                job.input_url or "",
-                svc.storage,
-                input_key,
-                max_bytes=settings.max_file_bytes,
-                timeout=settings.fetch_timeout_s,
-                allow=Allowlist.parse(settings.outbound_allowlist),
-            )
+            fetch_input(settings, job.input_url or "", svc.storage, input_key)
         except FetchError as exc:
             fail_job(svc, job_id, [job_error("fetch_failed", str(exc), "input_file_url")], 1)
             return None
