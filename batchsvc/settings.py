@@ -263,3 +263,9 @@ def get_settings() -> Settings:
 
 
 __all__ = ["PROJECT_ROOT", "Settings", "get_settings", "load_settings"]
+
+
+def default_of(cls: type, name: str) -> Any:
+    """The default of dataclass `cls`'s field `name`: one place for a default that
+    others (a validator's keyword arguments, a config check) fall back to."""
+    return next(f.default for f in dataclasses.fields(cls) if f.name == name)

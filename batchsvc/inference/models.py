@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from batchsvc.settings import PROJECT_ROOT, Settings
+from batchsvc.settings import PROJECT_ROOT, Settings, default_of
 
 
 class EngineKind(StrEnum):
@@ -162,7 +162,8 @@ def check_entry(alias: str, entry: Mapping[str, Any]) -> list[str]:
         if isinstance(entry.get(group), Mapping):
             for name, value in entry[group].items():
                 check(f"{group}.{name}", value, rules)
-    cap, default = entry.get("max_tokens_cap", 4096), entry.get("default_max_tokens", 512)
+    cap = entry.get("max_tokens_cap", default_of(ModelSpec, "max_tokens_cap"))
+    default = entry.get("default_max_tokens", default_of(ModelSpec, "default_max_tokens"))
     if isinstance(cap, int) and isinstance(default, int) and default > cap:
         problems.append(f"default_max_tokens: {default} is above max_tokens_cap ({cap})")
     return problems

@@ -24,16 +24,20 @@ from typing import Any, BinaryIO, NamedTuple
 
 import orjson
 
+from batchsvc.inference.models import ModelSpec
 from batchsvc.inference.outputs import CHAT_URL, COMPLETIONS_URL
 from batchsvc.inference.schema_limits import schema_problem
+from batchsvc.settings import Settings, default_of
 
 DEFAULT_SUPPORTED_URLS = frozenset({CHAT_URL, COMPLETIONS_URL})
 
-DEFAULT_MAX_FILE_BYTES = 200 * 1024 * 1024
-DEFAULT_MAX_LINES = 200_000
-DEFAULT_MAX_LINE_BYTES = 1024 * 1024
-DEFAULT_MAX_TOKENS_CAP = 32768
-DEFAULT_MAX_ERRORS = 100
+# The limits a validator applies when not told otherwise are the service's own
+# defaults (Settings) and a model's (ModelSpec), not numbers of its own.
+DEFAULT_MAX_FILE_BYTES: int = default_of(Settings, "max_file_bytes")
+DEFAULT_MAX_LINES: int = default_of(Settings, "max_lines")
+DEFAULT_MAX_LINE_BYTES: int = default_of(Settings, "max_line_bytes")
+DEFAULT_MAX_TOKENS_CAP: int = default_of(ModelSpec, "max_tokens_cap")
+DEFAULT_MAX_ERRORS: int = default_of(Settings, "max_errors_reported")
 
 MAX_CUSTOM_ID_CHARS = 512
 # Error messages quote user input; cap the quote so a hostile file cannot

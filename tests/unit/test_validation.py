@@ -111,7 +111,7 @@ def test_mixed_chat_and_completions_file_is_valid_and_yields_raw_lines() -> None
 def test_every_sampling_field_at_a_valid_value_passes() -> None:
     body = {
         "model": ALIAS,
-        "max_tokens": 32768,
+        "max_tokens": 4096,  # the default cap (ModelSpec.max_tokens_cap)
         "max_completion_tokens": 1,
         "temperature": 0.5,  # n > 1 needs sampling
         "top_p": 1,
@@ -642,3 +642,16 @@ def test_large_file_is_streamed_not_held_in_memory(tmp_path: Path) -> None:
         f"validated {line_count} lines ({report.bytes_read / 2**20:.0f} MiB) "
         f"in {elapsed:.1f}s, peak {peak / 2**20:.1f} MiB"
     )
+
+
+def test_a_validators_default_limits_are_the_services_and_the_models_own() -> None:
+    from batchsvc.inference import validation
+    from batchsvc.inference.models import ModelSpec
+    from batchsvc.settings import Settings
+
+    settings, spec = Settings(), ModelSpec(alias="a", model="m")
+    assert settings.max_file_bytes == validation.DEFAULT_MAX_FILE_BYTES
+    assert settings.max_lines == validation.DEFAULT_MAX_LINES
+    assert settings.max_line_bytes == validation.DEFAULT_MAX_LINE_BYTES
+    assert settings.max_errors_reported == validation.DEFAULT_MAX_ERRORS
+    assert validation.DEFAULT_MAX_TOKENS_CAP == spec.max_tokens_cap == 4096  # it said 32768 before
