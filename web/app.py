@@ -43,6 +43,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from web.health import health
     from web.instrument import install as instrument
     from web.openai_api import bp as openai_bp
+    from web.openapi import Blueprint
     from web.openapi import install as install_openapi
 
     app.wsgi_app = guard_input(app.wsgi_app)  # type: ignore[method-assign]
@@ -51,10 +52,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     audit.install(app)
     auth.install(app)
     instrument(app)
-    app.register_blueprint(bp)
-    app.register_blueprint(openai_bp)
-    app.register_blueprint(admin_bp)
-    app.register_blueprint(fleet_bp)
-    app.register_blueprint(backup_bp)
-    api.register_blueprint(health)
+    for blueprint in (health, bp, openai_bp, admin_bp, fleet_bp, backup_bp):
+        # Declared blueprints (web.openapi.Blueprint) go into the OpenAPI document.
+        if isinstance(blueprint, Blueprint):
+            api.register_blueprint(blueprint)
+        else:
+            app.register_blueprint(blueprint)
     return app
