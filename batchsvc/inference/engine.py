@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from batchsvc import metrics
 from batchsvc.errors import without_server_paths
-from batchsvc.inference.grammar_budget import Budget, Compiler, GrammarRefused
+from batchsvc.inference.grammar_budget import CODE, Budget, Compiler, GrammarRefused
 from batchsvc.inference.models import EngineKind, ModelSpec
 from batchsvc.inference.outputs import CHAT_URL, Choice, RequestFailure, TokenLogprob
 from batchsvc.inference.sampling import EngineOptions, engine_options
@@ -154,7 +154,7 @@ class VLLMEngine:
             verdict = self.grammars.check(options.structured["json"])
             if not verdict.ok:
                 log.warning("request %s refused: %s", request.custom_id, verdict.reason)
-                raise GrammarRefused(f"response_format.json_schema refused: {verdict.reason}")
+                raise GrammarRefused(f"response_format.json_schema refused: {verdict.reason}", verdict.stopped or CODE)
         params = self._params(options)
         if request.url == CHAT_URL:
             ids = self.llm.enqueue_chat(
@@ -292,13 +292,9 @@ def _failure_from(exc: Exception) -> RequestFailure:
     # vLLM words this two ways: a cheap character bound before tokenizing, and
     # the exact token count after.
     too_long = "maximum context length" in message or "maximum model length" in message
-    code = (
-        "context_length_exceeded"
-        if too_long
-        else GrammarRefused.code
-        if isinstance(exc, GrammarRefused)
-        else "invalid_request"
-    )
+    code = "context_length_exceeded" if too_long else "invalid_request"
+    if isinstance(exc, GrammarRefused):
+        code = exc.code
     param = getattr(exc, "parameter", None)
     return RequestFailure(code=code, message=message, status_code=400, param=param)
 

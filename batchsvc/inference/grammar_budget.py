@@ -25,6 +25,9 @@ import subprocess
 import sys
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,9 +49,27 @@ class Budget:
 
 
 class GrammarRefused(ValueError):
-    """A schema the compiler refused, or that broke the budget; the request fails alone."""
+    """A schema the compiler refused, or that broke the budget; the request fails
+    alone. `code` is the line's error code (the stop's own when a stop cut it short)."""
 
-    code = CODE
+    def __init__(self, message: str, code: str = CODE):
+        super().__init__(message)
+        self.code = code
+
+
+# What the shard running now says when its requests must stop (a cancel, an
+# expiry): the error code, or None. A compile is interrupted when it says so.
+_stop: ContextVar[Callable[[], str | None] | None] = ContextVar("grammar_stop", default=None)
+
+
+@contextmanager
+def interruptible(stop: Callable[[], str | None]) -> Iterator[None]:
+    """Let `stop` interrupt the compiles that run inside this block."""
+    token = _stop.set(stop)
+    try:
+        yield
+    finally:
+        _stop.reset(token)
 
 
 @dataclass
@@ -57,6 +78,7 @@ class Verdict:
     reason: str = ""
     seconds: float = 0.0
     peak_mb: float = 0.0
+    stopped: str | None = None  # the stop's code, when a stop interrupted the compile
 
 
 class Compiler:
@@ -76,7 +98,7 @@ class Compiler:
             self._verdicts.move_to_end(key)
             return self._verdicts[key]
         verdict = self._compile(data)
-        if verdict is not None:  # None: the child could not start; nothing is known
+        if verdict is not None and verdict.stopped is None:  # None: the child could not start
             self._verdicts[key] = verdict
             while len(self._verdicts) > 1024:
                 self._verdicts.popitem(last=False)
@@ -120,6 +142,7 @@ class Compiler:
         child.stdin.flush()
         started = time.monotonic()
         peak = 0.0
+        stop, asked = _stop.get(), started
         while True:
             ready, _, _ = select.select([child.stdout], [], [], 0.05)
             elapsed = time.monotonic() - started
@@ -141,6 +164,12 @@ class Compiler:
                 return Verdict(
                     False, f"compiling its grammar took longer than {self.budget.seconds:g} s", elapsed, peak
                 )
+            if stop is not None and time.monotonic() - asked >= 0.5:
+                asked = time.monotonic()
+                code = stop()
+                if code is not None:  # not a verdict on the schema: nothing is kept
+                    self._kill(child)
+                    return Verdict(False, "the batch stopped while its grammar compiled", elapsed, peak, code)
 
     def _kill(self, child: subprocess.Popen[bytes]) -> None:
         child.kill()

@@ -23,6 +23,7 @@ import orjson
 from batchsvc import metrics
 from batchsvc.inference import outputs
 from batchsvc.inference.engine import Engine, EngineRequest, EngineResult, get_engine
+from batchsvc.inference.grammar_budget import interruptible
 from batchsvc.inference.models import ModelSpec
 from batchsvc.inference.quality import Quality
 from batchsvc.pipeline.lifecycle import StopReason, stop_reason
@@ -127,6 +128,11 @@ class ShardRun:
         # A checkpoint is also where a running shard notices a cancel or an expiry.
         self._stop = stop_reason(self.svc.jobs.get(self.job_id))
 
+    def _stop_code(self) -> str | None:
+        """Why this shard must stop now, as an error code (a cancel, an expiry), if it must."""
+        reason = stop_reason(self.svc.jobs.get(self.job_id))
+        return reason.code if reason is not None else None
+
     def _accept_line(self, custom_id: str, line: dict, latency: float | None = None) -> None:
         raw = orjson.dumps(line)
         self.done[custom_id] = raw
@@ -172,19 +178,20 @@ class ShardRun:
             progress()  # the watchdog's clock starts with the engine
             results = engine.run(iter(todo))
             try:
-                for result in results:
-                    progress()
-                    request = by_id[result.custom_id]
-                    line = result_line(self.job_id, self.model_name, request, result)
-                    self._accept_line(request.custom_id, line, result.latency_s)
-                    if interrupted():
-                        self._flush()
-                        log.info("shard %s/%d interrupted at %d done; checkpoint written",
-                                 self.job_id, self.index, len(self.done))  # fmt: skip
-                        raise ShardInterrupted(f"{self.job_id}/{self.index}")
-                    if self._stop is not None:
-                        reason = self._stop
-                        break
+                with interruptible(self._stop_code):
+                    for result in results:
+                        progress()
+                        request = by_id[result.custom_id]
+                        line = result_line(self.job_id, self.model_name, request, result)
+                        self._accept_line(request.custom_id, line, result.latency_s)
+                        if interrupted():
+                            self._flush()
+                            log.info("shard %s/%d interrupted at %d done; checkpoint written",
+                                     self.job_id, self.index, len(self.done))  # fmt: skip
+                            raise ShardInterrupted(f"{self.job_id}/{self.index}")
+                        if self._stop is not None:
+                            reason = self._stop
+                            break
             finally:
                 results.close()  # aborts what the engine still holds of this shard
                 self.engine_seconds = time.monotonic() - engine_started
