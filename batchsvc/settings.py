@@ -141,6 +141,17 @@ class Settings:
     # (batchsvc/inference/grammar_budget.py); past it, that request alone fails.
     grammar_compile_timeout_s: float = 10.0
     grammar_compile_memory_mb: int = 2048
+    # The resident memory an LLM worker's process tree (the worker, vLLM's engine
+    # core, the grammar compiler child) may hold, in MB; past it the worker exits to
+    # be restarted, and the request that did it fails alone (worker_memory_exceeded;
+    # batchsvc/inference/memory_budget.py). 0: no budget. 16384 is for a GPU worker of
+    # a 1-4B model: steady state is a few GB of host memory per engine process (torch
+    # and the CUDA runtime, the tokenizer, pinned buffers; the weights live on the GPU),
+    # plus up to grammar_compile_memory_mb for the compiler child, plus the weights
+    # paged in while they load (8 GB for 4B in BF16). It is the LLM pod's memory request
+    # (24Gi) less its /dev/shm (8Gi) in deploy/k8s/gpu, so the worker ends itself long
+    # before the pod's limit brings the kernel's OOM killer, which would say nothing.
+    worker_max_rss_mb: int = 16384
 
     # --- Webhooks ---
     webhook_timeout_s: float = 10.0

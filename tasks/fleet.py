@@ -22,6 +22,7 @@ from celery import signals
 from celery.worker.control import control_command
 
 from batchsvc.inference.engine import get_engine, unload_engines
+from batchsvc.inference.memory_budget import MemoryWatch
 from batchsvc.inference.models import ModelSpec
 from batchsvc.services import current_services
 from batchsvc.store.workers import WorkerRecord, WorkerState
@@ -37,6 +38,7 @@ class _Fleet:
         self.record: WorkerRecord | None = None
         self.lock = threading.Lock()
         self.stop = threading.Event()
+        self.memory: MemoryWatch | None = None  # the memory budget's watch (LLM workers)
 
     def update(self, **changes: Any) -> None:
         if self.record is None:
@@ -86,6 +88,8 @@ def _register(sender: Any, **_: object) -> None:
     svc.workers.clear_swap(sender.hostname)
     _fleet.update()
     threading.Thread(target=_fleet.beat, name="worker-record", daemon=True).start()
+    # Watched from before the model loads: loading is where a worker's memory first peaks.
+    _fleet.memory = MemoryWatch(svc.settings.worker_max_rss_mb).start()
     alias = os.environ.get("BATCHSVC_PRELOAD_MODEL")
     if not alias:
         return
@@ -98,6 +102,8 @@ def _register(sender: Any, **_: object) -> None:
 
 @signals.worker_shutdown.connect
 def _deregister(**_: object) -> None:
+    if _fleet.memory is not None:
+        _fleet.memory.stop()
     if _fleet.record is not None:
         _fleet.stop.set()
         current_services().workers.remove(_fleet.record.name)

@@ -177,6 +177,23 @@ def test_gpu_workers_take_one_gpu_and_time_to_checkpoint() -> None:
         assert next(v for v in pod["volumes"] if v["name"] == shm["name"])["emptyDir"]["medium"] == "Memory"
 
 
+def _gib(quantity: str) -> float:
+    units = {"Mi": 1 / 1024, "Gi": 1.0, "Ti": 1024.0}
+    return float(quantity[:-2]) * units[quantity[-2:]]
+
+
+def test_the_worker_memory_budget_fits_the_gpu_pod() -> None:
+    """The worker ends itself (worker_max_rss_mb) before the pod's memory runs out:
+    its budget and its /dev/shm (RAM too) fit in what the pod asks for."""
+    settings = load_settings(environ=one("ConfigMap", "batchsvc-settings")["data"])
+    assert settings.worker_max_rss_mb > 0
+    for deployment in gpu_workers():
+        pod = deployment["spec"]["template"]["spec"]
+        (worker,) = pod["containers"]
+        shm = next(v for v in pod["volumes"] if v["name"] == "shm")["emptyDir"]["sizeLimit"]
+        assert settings.worker_max_rss_mb / 1024 + _gib(shm) <= _gib(worker["resources"]["requests"]["memory"])
+
+
 def test_the_scaled_object_watches_every_list_of_the_models_queue() -> None:
     settings = load_settings(environ={})
     secret = one("Secret", "batchsvc-secrets")["stringData"]

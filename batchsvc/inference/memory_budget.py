@@ -1,0 +1,170 @@
+"""The LLM worker's memory budget (`worker_max_rss_mb`).
+
+A daemon thread of the worker samples the resident memory of the worker's
+process tree (the worker, vLLM's engine-core process, the grammar compiler
+child) every `interval_s`. Past the budget, the worker cannot be trusted to give
+the memory back (a runaway grammar, a leak in the engine), so it ends itself:
+
+1. whatever runs in it and registered with `exposed()` is told first (the shard
+   records which of its requests were in flight, and lets its lease lapse), each
+   within a few seconds;
+2. one ERROR line gives the figures;
+3. its child processes are killed (so the memory is free at once and no engine
+   core is orphaned), and the process exits with MEMORY_EXIT_CODE.
+
+Its supervisor (supervisord under `make up`, the platform elsewhere) starts it
+again; the shard comes back through its lease and runs its suspects one at a
+time (batchsvc/pipeline/shards.py), so the request that busts the budget fails
+alone with `worker_memory_exceeded`.
+
+The thread needs the interpreter lock to run: a C extension that held it while
+allocating would delay the check until it lets go.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import psutil
+
+log = logging.getLogger(__name__)
+
+CODE = "worker_memory_exceeded"
+# EX_TEMPFAIL: the process should simply be started again.
+MEMORY_EXIT_CODE = 75
+INTERVAL_S = 0.5
+_NOTIFY_TIMEOUT_S = 5.0
+
+# Told (rss_mb, budget_mb) when the budget is exceeded; returns a few words for the ERROR line, or None.
+Exposure = Callable[[float, int], "str | None"]
+_exposed: list[Exposure] = []
+_exposed_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def exposed(callback: Exposure) -> Iterator[None]:
+    """While the block runs, `callback` is told if the budget is exceeded, before
+    the process exits. Callbacks are told innermost first."""
+    with _exposed_lock:
+        _exposed.append(callback)
+    try:
+        yield
+    finally:
+        with _exposed_lock:
+            _exposed.remove(callback)
+
+
+def tree_rss(pid: int | None = None) -> tuple[float, list[psutil.Process]]:
+    """Resident memory (MB) of a process and all its descendants, and those descendants.
+    Pages two of them share (libraries, shared memory) count in each: an overestimate,
+    on the safe side."""
+    root = psutil.Process(pid or os.getpid())
+    children = root.children(recursive=True)
+    total = 0
+    for process in [root, *children]:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            total += process.memory_info().rss
+    return total / 2**20, children
+
+
+def _exit_hard(code: int) -> None:
+    os._exit(code)
+
+
+class MemoryWatch:
+    """Samples this process tree's RSS; past `budget_mb`, ends the process (see the
+    module's docstring). `sample` and `exit` are the real ones except in unit tests."""
+
+    def __init__(
+        self,
+        budget_mb: int,
+        *,
+        interval_s: float = INTERVAL_S,
+        sample: Callable[[], tuple[float, list[psutil.Process]]] = tree_rss,
+        exit: Callable[[int], None] = _exit_hard,
+    ):
+        self.budget_mb = budget_mb
+        self.interval_s = interval_s
+        self.sample = sample
+        self.exit = exit
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def check(self) -> bool:
+        """One sample; True (after ending the process) when it is over the budget."""
+        rss, children = self.sample()
+        self.peak_mb = max(self.peak_mb, rss)
+        if self.budget_mb <= 0 or rss <= self.budget_mb:
+            return False
+        self._end(rss, children)
+        return True
+
+    def start(self) -> MemoryWatch:
+        if self.budget_mb > 0:
+            self._thread = threading.Thread(target=self._run, name="memory-budget", daemon=True)
+            self._thread.start()
+            log.info("memory budget: this worker ends itself past %d MB resident", self.budget_mb)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                if self.check():
+                    return
+            except psutil.Error:  # a sample that failed: the next one is due soon
+                log.debug("memory budget: sample failed", exc_info=True)
+
+    def _end(self, rss: float, children: list[psutil.Process]) -> None:
+        notes = _notify(rss, self.budget_mb)
+        log.error(
+            "memory budget: worker pid %d and %d child processes hold %.0f MB resident, over worker_max_rss_mb "
+            "%d MB%s; exiting (code %d) so that it is restarted",
+            os.getpid(),
+            len(children),
+            rss,
+            self.budget_mb,
+            "".join(f"; {note}" for note in notes),
+            MEMORY_EXIT_CODE,
+        )
+        for handler in logging.getLogger().handlers:
+            with contextlib.suppress(Exception):
+                handler.flush()
+        for child in children:
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+        self.exit(MEMORY_EXIT_CODE)
+
+
+def _notify(rss: float, budget_mb: int) -> list[str]:
+    """Tell every registered callback, innermost first, each within _NOTIFY_TIMEOUT_S
+    (a hung Redis must not keep a process that is over its budget alive)."""
+    with _exposed_lock:
+        callbacks = list(reversed(_exposed))
+    notes: list[str] = []
+    for callback in callbacks:
+        result: list[str | None] = []
+
+        def call(callback: Exposure = callback, result: list[str | None] = result) -> None:
+            try:
+                result.append(callback(rss, budget_mb))
+            except Exception:
+                log.exception("memory budget: could not record what this worker was running")
+
+        thread = threading.Thread(target=call, name="memory-budget-notify", daemon=True)
+        started = time.monotonic()
+        thread.start()
+        thread.join(_NOTIFY_TIMEOUT_S)
+        if thread.is_alive():
+            log.warning("memory budget: a record took over %.0fs; exiting without it", time.monotonic() - started)
+        elif result and result[0]:
+            notes.append(result[0])
+    return notes
