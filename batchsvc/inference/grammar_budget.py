@@ -15,6 +15,7 @@ started again after it was killed. Run as a module it is that child.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -138,11 +139,14 @@ class Compiler:
                 return None
         child = self._child
         assert child.stdin is not None and child.stdout is not None
+        stop = _stop.get()
+        if stop is not None and (code := stop()) is not None:  # stopped already: no compile starts
+            return Verdict(False, "the batch stopped before its grammar compiled", stopped=code)
         child.stdin.write(data + b"\n")
         child.stdin.flush()
         started = time.monotonic()
         peak = 0.0
-        stop, asked = _stop.get(), started
+        asked = started
         while True:
             ready, _, _ = select.select([child.stdout], [], [], 0.05)
             elapsed = time.monotonic() - started
@@ -174,6 +178,10 @@ class Compiler:
     def _kill(self, child: subprocess.Popen[bytes]) -> None:
         child.kill()
         child.wait()
+        for pipe in (child.stdin, child.stdout):  # or each kill leaks two descriptors
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
         if child is self._child:
             self._child = None
 
