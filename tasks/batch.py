@@ -16,6 +16,7 @@ from celery.utils.time import get_exponential_backoff_interval
 
 from batchsvc import metrics
 from batchsvc.access import DEFAULT_TENANT
+from batchsvc.inference import memory_budget
 from batchsvc.outbound import webhooks
 from batchsvc.outbound.netguard import Allowlist
 from batchsvc.pipeline.backup import backup
@@ -176,7 +177,9 @@ def shard(self: Task, job_id: str, index: int, tenant: str = DEFAULT_TENANT) -> 
                 # killing more workers.
                 log.error("shard %s/%d started %d times; giving up its remaining requests", job_id, index, attempt - 1)
                 return give_up_shard(svc, job_id, index, f"shard failed {attempt - 1} times").to_dict()
-            return run_shard(svc, job_id, index, progress=beat.progress, interrupted=shutting_down).to_dict()
+            # A worker over its memory budget exits: its lease lapses at once, not after lease_ttl_s.
+            with memory_budget.exposed(lambda rss_mb, budget_mb: beat.lapse()):
+                return run_shard(svc, job_id, index, progress=beat.progress, interrupted=shutting_down).to_dict()
         except ShardInterrupted:
             # The worker is shutting down (SIGTERM): the checkpoint is written, so the
             # shard goes back to the queue now, as the same message, for the next worker.

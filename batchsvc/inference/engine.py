@@ -317,17 +317,31 @@ class InstantEngine:
                                 kill a worker mid-shard)
       BATCHSVC_INSTANT_LOG      a file to append each custom_id it answers to
                                 (so a test can count recomputed requests)
+      BATCHSVC_INSTANT_GROW_MB  how much memory a GROW_MARKER request takes (2048)
     and a prompt containing CRASH_MARKER kills the worker process outright, as
     an out-of-memory kill would; one containing HANG_MARKER never answers, as a
-    wedged GPU would (the process lives on, its other threads too)."""
+    wedged GPU would (the process lives on, its other threads too); one
+    containing GROW_MARKER takes memory steadily, as a runaway grammar compile
+    would (GROW_MB_PER_S, the rate issue 9 measured), up to the amount above,
+    before it answers and gives the memory back."""
 
     CRASH_MARKER = "INSTANT-ENGINE-CRASH"
     HANG_MARKER = "INSTANT-ENGINE-HANG"
+    GROW_MARKER = "INSTANT-ENGINE-GROW"
+    GROW_MB_PER_S = 250
 
     def __init__(self, spec: ModelSpec):
         self.spec = spec
         self.delay = float(os.environ.get("BATCHSVC_INSTANT_DELAY_S", "0"))
         self.log_path = os.environ.get("BATCHSVC_INSTANT_LOG")
+        self.grow_mb = int(os.environ.get("BATCHSVC_INSTANT_GROW_MB", "2048"))
+
+    def _grow(self) -> None:
+        step_mb = 5
+        held: list[bytes] = []
+        while len(held) * step_mb < self.grow_mb:
+            held.append(b"\x01" * (step_mb * 2**20))  # written, so resident
+            time.sleep(step_mb / self.GROW_MB_PER_S)
 
     def run(self, requests: Iterable[EngineRequest]) -> Generator[EngineResult, None, None]:
         for request in requests:
@@ -336,6 +350,8 @@ class InstantEngine:
                 os._exit(137)
             if self.HANG_MARKER in prompt:
                 threading.Event().wait()
+            if self.GROW_MARKER in prompt:
+                self._grow()
             if self.delay:
                 time.sleep(self.delay)
             options = engine_options(request.body, self.spec)

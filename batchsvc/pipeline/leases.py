@@ -106,6 +106,13 @@ class Heartbeat:
     def progress(self) -> None:
         self.watch.progress()
 
+    def lapse(self) -> None:
+        """This process is about to end (its memory budget): stop renewing the lease
+        and let it lapse now, so the checker sends the step again at its next round
+        instead of lease_ttl_s from now."""
+        self.lost = True  # the beat thread renews no more
+        self.store.renew(self.lease.subject, self.lease.run, 0)
+
     def _beat(self) -> None:
         while not self._stop.wait(self.renew_s):
             stuck = self.watch.stuck_for()

@@ -4,6 +4,12 @@ The whole shard goes to the engine at once. As results finish, they are written
 to storage in checkpoint parts (at least every `progress_every` requests, and
 every `progress_interval_s`) and the shard's progress is published. A re-run
 of the shard reads its parts back and sends only the requests not yet answered.
+
+A worker that goes over its memory budget records, as it exits, which of the
+shard's requests the engine held unanswered (MemoryExits). The next start sends
+the others together as usual, then each of those suspects alone, checkpointed one
+by one; a worker going over its budget while one runs alone names it the culprit,
+and the start after that answers it `worker_memory_exceeded` and goes on.
 When all are answered the parts are assembled, in input order, into the shard's
 output object, and a summary is written; the summary is the small pointer the
 shard task returns to the chord.
@@ -21,7 +27,7 @@ from collections.abc import Callable, Iterator
 import orjson
 
 from batchsvc import metrics
-from batchsvc.inference import outputs
+from batchsvc.inference import memory_budget, outputs
 from batchsvc.inference.engine import Engine, EngineRequest, EngineResult, get_engine
 from batchsvc.inference.grammar_budget import interruptible
 from batchsvc.inference.models import ModelSpec
@@ -31,7 +37,7 @@ from batchsvc.services import Services
 from batchsvc.storage import layout
 from batchsvc.storage.base import ObjectNotFound, Storage
 from batchsvc.storage.manifest import Manifest, ShardSummary
-from batchsvc.store.jobs import Counts, Job
+from batchsvc.store.jobs import Counts, Job, MemoryExits
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +116,9 @@ class ShardRun:
         self.run_id = secrets.token_hex(4)
         self.engine_requests = 0  # sent to the engine by this run
         self.engine_seconds = 0.0  # time this run held the engine
+        self.memory = MemoryExits()  # what earlier runs left when their worker went over its memory budget
+        self._taken: list[str] = []  # custom_ids the engine has taken from this run, in order
+        self._alone: str | None = None  # the suspect the engine runs by itself now
         metrics.SHARD_ATTEMPTS.labels(spec.alias).inc()
 
     def _flush(self) -> None:
@@ -166,6 +175,8 @@ class ShardRun:
         for raw in self.done.values():
             self.tally.add(orjson.loads(raw))
         by_id = {r.custom_id: r for r in requests}
+        self.memory = self.svc.jobs.memory_exits(self.job_id, self.index)
+        self._answer_culprits(by_id)
         todo = [r for r in requests if r.custom_id not in self.done]
         if self.done:
             log.info("shard %s/%d resumes: %d done, %d to run", self.job_id, self.index, len(self.done), len(todo))
@@ -173,27 +184,29 @@ class ShardRun:
 
         reason = StopReason("shard_failed", give_up) if give_up else stop_reason(self.svc.jobs.get(self.job_id))
         if reason is None and engine is not None and todo:
+            suspects = set(self.memory.suspects)
+            together = [r for r in todo if r.custom_id not in suspects]
+            alone = [r for r in todo if r.custom_id in suspects]
+            if alone:
+                log.info("shard %s/%d runs %d of its requests alone, one at a time: the engine held them when "
+                         "a worker went over its memory budget", self.job_id, self.index, len(alone))  # fmt: skip
             self.engine_requests = len(todo)
             engine_started = time.monotonic()
             progress()  # the watchdog's clock starts with the engine
-            results = engine.run(iter(todo))
             try:
-                with interruptible(self._stop_code):
-                    for result in results:
-                        progress()
-                        request = by_id[result.custom_id]
-                        line = result_line(self.job_id, self.model_name, request, result)
-                        self._accept_line(request.custom_id, line, result.latency_s)
-                        if interrupted():
-                            self._flush()
-                            log.info("shard %s/%d interrupted at %d done; checkpoint written",
-                                     self.job_id, self.index, len(self.done))  # fmt: skip
-                            raise ShardInterrupted(f"{self.job_id}/{self.index}")
-                        if self._stop is not None:
-                            reason = self._stop
+                with memory_budget.exposed(self._over_budget), interruptible(self._stop_code):
+                    if together:
+                        reason = self._run_engine(engine, together, by_id, progress, interrupted)
+                        self._flush()  # before the suspects: what they may cost is only themselves
+                    for request in alone:
+                        if reason is not None:
                             break
+                        self._alone = request.custom_id
+                        reason = self._run_engine(engine, [request], by_id, progress, interrupted)
+                        self._alone = None
+                        self._flush()  # each suspect is checkpointed before the next one runs
+                        reason = reason or self._stop
             finally:
-                results.close()  # aborts what the engine still holds of this shard
                 self.engine_seconds = time.monotonic() - engine_started
         if reason is not None:
             for request in requests:
@@ -204,6 +217,68 @@ class ShardRun:
         summary = self._assemble(requests)
         metrics.SHARD_DURATION.labels(self.spec.alias).observe(time.monotonic() - started)
         return summary
+
+    def _taking(self, requests: list[EngineRequest]) -> Iterator[EngineRequest]:
+        """`requests`, noting each as the engine takes it: what the engine has not
+        taken yet cannot be what took its worker's memory."""
+        for request in requests:
+            self._taken.append(request.custom_id)
+            yield request
+
+    def _run_engine(
+        self,
+        engine: Engine,
+        requests: list[EngineRequest],
+        by_id: dict[str, EngineRequest],
+        progress: Callable[[], None],
+        interrupted: Callable[[], bool],
+    ) -> StopReason | None:
+        """Answer `requests` with the engine; the reason it stopped early, if it did."""
+        results = engine.run(self._taking(requests))
+        try:
+            for result in results:
+                progress()
+                request = by_id[result.custom_id]
+                line = result_line(self.job_id, self.model_name, request, result)
+                self._accept_line(request.custom_id, line, result.latency_s)
+                if interrupted():
+                    self._flush()
+                    log.info("shard %s/%d interrupted at %d done; checkpoint written",
+                             self.job_id, self.index, len(self.done))  # fmt: skip
+                    raise ShardInterrupted(f"{self.job_id}/{self.index}")
+                if self._stop is not None:
+                    return self._stop
+        finally:
+            results.close()  # aborts what the engine still holds of this shard
+        return None
+
+    def _over_budget(self, rss_mb: float, budget_mb: int) -> str:
+        """The worker is over its memory budget and about to exit (called from the
+        memory watch's thread): record what the engine held, so the next start knows."""
+        in_flight = [c for c in list(self._taken) if c not in self.done]
+        alone = self._alone
+        after = self.memory.after_exit(in_flight, alone, rss_mb, budget_mb)
+        narrows = after.narrows(self.memory)
+        self.svc.jobs.record_memory_exit(self.job_id, self.index, after, refund=narrows)
+        where = f"shard {self.job_id}/{self.index}"
+        if alone is not None and alone in after.culprits:
+            return f"{where}: request {alone} ran alone, and fails as {memory_budget.CODE}"
+        counted = "" if narrows else " (nothing new: this start counts against shard_max_attempts)"
+        held = f"{len(in_flight)} request{'' if len(in_flight) == 1 else 's'} in flight"
+        return f"{where}: {held}, each to run alone at the next start{counted}"
+
+    def _answer_culprits(self, by_id: dict[str, EngineRequest]) -> None:
+        """Answer the requests that took a worker over its budget while they ran alone."""
+        for custom_id, rss_mb in self.memory.culprits.items():
+            if custom_id in by_id and custom_id not in self.done:
+                failure = outputs.RequestFailure(
+                    memory_budget.CODE,
+                    f"this request, run alone, took the LLM worker to {rss_mb:.0f} MB of memory, over its budget "
+                    f"of {self.memory.budget_mb} MB (worker_max_rss_mb); the worker was restarted and the "
+                    "request was not run again",
+                    400,
+                )
+                self._accept_line(custom_id, outputs.rejected_line(self.job_id, custom_id, failure))
 
     def _assemble(self, requests: list[EngineRequest]) -> ShardSummary:
         output_key = layout.shard_output_key(self.job, self.index, self.run_id)

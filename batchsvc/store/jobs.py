@@ -3,6 +3,8 @@
 Keys (all under the settings' `redis_prefix`):
     {p}:job:{id}           hash, one JSON-encoded value per field of `Job`
     {p}:job:{id}:progress  hash, "{shard}:{counter}" -> absolute count for that shard
+    {p}:job:{id}:attempts  hash, shard -> starts counted against shard_max_attempts
+    {p}:job:{id}:memory    hash, shard -> MemoryExits as JSON (the worker memory budget)
     {p}:jobs               sorted set, job id scored by created_at (listing, newest first)
     {p}:active             set of the jobs not yet in a terminal status
     {p}:t:{tenant}:jobs    the same index, and the same set as
@@ -184,6 +186,43 @@ class Counts:
 
 
 _COUNTERS = ("completed", "failed", "prompt_tokens", "completion_tokens")
+
+
+@dataclass(frozen=True)
+class MemoryExits:
+    """What a shard's runs learnt from workers that went over their memory budget
+    (batchsvc/inference/memory_budget.py): the requests in flight then, each to run
+    alone next time, and the ones in flight alone then, which fail."""
+
+    suspects: tuple[str, ...] = ()
+    culprits: dict[str, float] = field(default_factory=dict)  # custom_id -> the worker's RSS (MB) then
+    budget_mb: int = 0  # the budget the last exit went over
+    exits: int = 0
+
+    def after_exit(self, in_flight: list[str], alone: str | None, rss_mb: float, budget_mb: int) -> MemoryExits:
+        """This record once a worker went over `budget_mb` with `in_flight` unanswered,
+        `alone` being the one it ran by itself, if it ran one so."""
+        if alone is not None and alone in in_flight:
+            culprits = {**self.culprits, alone: round(rss_mb, 1)}
+            suspects = tuple(c for c in self.suspects if c != alone)
+        else:
+            culprits = self.culprits
+            suspects = self.suspects + tuple(c for c in dict.fromkeys(in_flight) if c not in self.suspects)
+        return MemoryExits(suspects, culprits, budget_mb, self.exits + 1)
+
+    def narrows(self, before: MemoryExits) -> bool:
+        """True when this record knows more than `before`: a culprit, or requests
+        not suspected yet. An exit that teaches nothing counts as a crash."""
+        return len(self.culprits) > len(before.culprits) or len(set(self.suspects) - set(before.suspects)) > 0
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, data: bytes) -> MemoryExits:
+        raw = orjson.loads(data)
+        return cls(tuple(raw["suspects"]), dict(raw["culprits"]), int(raw["budget_mb"]), int(raw["exits"]))
+
 
 # Compare-and-set on the status field, so two workers can never move a job
 # backwards (e.g. a late shard un-finishing a completed job).
@@ -406,6 +445,21 @@ class JobStore(PagedIndex[Job]):
         (delta=-1). Redeliveries after a worker died count too: Celery's own retry
         counter does not see those."""
         return int(self.redis.hincrby(f"{self._key(job_id)}:attempts", str(shard), delta))
+
+    def memory_exits(self, job_id: str, shard: int) -> MemoryExits:
+        """What workers that went over their memory budget left about this shard."""
+        raw = self.redis.hget(f"{self._key(job_id)}:memory", str(shard))
+        return MemoryExits.from_json(raw) if raw else MemoryExits()
+
+    def record_memory_exit(self, job_id: str, shard: int, exits: MemoryExits, *, refund: bool) -> None:
+        """Keep `exits` for the shard's next start; with `refund`, the start that is
+        ending does not count against shard_max_attempts (one request's memory is not
+        the shard's fault)."""
+        pipe = self.redis.pipeline()
+        pipe.hset(f"{self._key(job_id)}:memory", str(shard), exits.to_json())
+        if refund:
+            pipe.hincrby(f"{self._key(job_id)}:attempts", str(shard), -1)
+        pipe.execute()
 
     def shards_started(self, job_id: str) -> int:
         """How many of a job's shards some worker has begun (the rest wait in a queue)."""

@@ -33,11 +33,14 @@ INSTANT_MODEL = "instant-test"
 TERMINAL = ("completed", "failed", "cancelled", "expired")
 
 
-def instant_requests(count: int, *, poison: Iterable[int] = (), hang: Iterable[int] = ()) -> list[dict[str, Any]]:
+def instant_requests(
+    count: int, *, poison: Iterable[int] = (), hang: Iterable[int] = (), grow: Iterable[int] = ()
+) -> list[dict[str, Any]]:
     """`count` chat requests for the instant engine. Lines whose index is in
     `poison` carry the marker that makes the engine kill its worker; in `hang`,
-    the one that makes it never answer."""
-    poisoned, hung = set(poison), set(hang)
+    the one that makes it never answer; in `grow`, the one that makes it take
+    memory steadily (BATCHSVC_INSTANT_GROW_MB)."""
+    poisoned, hung, grown = set(poison), set(hang), set(grow)
     requests = []
     for i in range(count):
         content = f"Score candidate {i} for the role."
@@ -45,6 +48,8 @@ def instant_requests(count: int, *, poison: Iterable[int] = (), hang: Iterable[i
             content += f" {InstantEngine.CRASH_MARKER}"
         if i in hung:
             content += f" {InstantEngine.HANG_MARKER}"
+        if i in grown:
+            content += f" {InstantEngine.GROW_MARKER}"
         requests.append(
             {
                 "custom_id": f"req-{i:05d}",
