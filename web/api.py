@@ -6,9 +6,9 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
+from flask import Response, current_app, g, jsonify, request, url_for
 
-from batchsvc.access import Role, check_tenant
+from batchsvc.access import Role
 from batchsvc.errors import ErrorType, JobNotFound, ServiceError
 from batchsvc.pipeline import progress
 from batchsvc.pipeline.costs import cost_report, job_usage
@@ -27,10 +27,36 @@ from tasks.names import ESTIMATE, PREPARE, REDRIVE, celery_priority
 from web.audit import audited
 from web.auth import current_key, requires, visible_job, visible_tenant
 from web.idempotency import idempotent
+from web.openapi import Blueprint, ErrorSchema
 from web.request import json_object, single_values
-from web.schemas import PageSchema, SubmitBatchFormSchema, SubmitBatchSchema
+from web.schemas import (
+    BatchJobSchema,
+    BatchListSchema,
+    BatchResultsSchema,
+    BatchRetrySchema,
+    CostReportSchema,
+    CostsQuerySchema,
+    EstimateDeletedSchema,
+    EstimateSchema,
+    JobCreatedSchema,
+    PageSchema,
+    PartialQuerySchema,
+    ResultsQuerySchema,
+    RetryQuerySchema,
+    SubmitBatchFormSchema,
+    SubmitBatchSchema,
+)
 
-bp = Blueprint("v1", __name__, url_prefix="/v1")
+bp = Blueprint(
+    "v1", __name__, url_prefix="/v1", description="The native batch API: jobs, their results, dry runs, cost reports"
+)
+
+JSONL = "application/jsonl"
+
+
+def error(status: int, description: str) -> Any:
+    """Document an error this view answers (the envelope, web/errors.py)."""
+    return bp.alt_response(status, schema=ErrorSchema, description=description)
 
 
 def services() -> Services:
@@ -55,33 +81,18 @@ def enqueue_prepare(metadata: dict[str, Any]):
     return enqueue
 
 
-def _read_submission() -> tuple[dict[str, Any], Any]:
+def _read_submission() -> dict[str, Any]:
+    """The submission, loaded by the schema of its content type (which checks
+    its fields, the file part and "not both" among them); `file`, if any, is the upload."""
     content_type = request.mimetype
     if content_type == "application/json":
-        args = SubmitBatchSchema().load(json_object())
-        if "input_file_url" not in args:
-            raise ServiceError(
-                ErrorType.VALIDATION,
-                "input_file_url is required (or upload the file as multipart/form-data)",
-                {"fields": {"input_file_url": ["Missing data for required field."]}},
-            )
-        return args, None
+        return SubmitBatchSchema().load(json_object())
     if content_type == "multipart/form-data":
-        args = SubmitBatchFormSchema().load(single_values(request.form))
-        upload = single_values(request.files, "file part").get("file")
-        if upload is None:
-            raise ServiceError(
-                ErrorType.VALIDATION,
-                "multipart submissions need the JSONL in a 'file' part",
-                {"fields": {"file": ["Missing data for required field."]}},
-            )
-        if "input_file_url" in args:
-            raise ServiceError(
-                ErrorType.VALIDATION,
-                "give either a file or input_file_url, not both",
-                {"fields": {"input_file_url": ["Not allowed with a file upload."]}},
-            )
-        return args, upload.stream
+        data = single_values(request.form)
+        files = single_values(request.files, "file part")
+        if "file" in files:
+            data["file"] = files["file"]
+        return SubmitBatchFormSchema().load(data)
     raise ServiceError(
         ErrorType.UNSUPPORTED_MEDIA_TYPE,
         "send application/json with input_file_url, or multipart/form-data with a file",
@@ -89,12 +100,37 @@ def _read_submission() -> tuple[dict[str, Any], Any]:
     )
 
 
+# One view, two bodies: smorest documents one content type per @arguments, so the
+# view reads the body by its content type and the document says both.
+SUBMISSION_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {"schema": SubmitBatchSchema},
+        "multipart/form-data": {"schema": SubmitBatchFormSchema},
+    },
+}
+# A dry run answers 202 too, with its estimate instead of a job.
+SUBMISSION_ANSWERS = {202: {"content": {"application/json": {"schema": {"oneOf": [JobCreatedSchema, EstimateSchema]}}}}}
+
+
 @bp.post("/batch")
 @audited("submit")
 @requires(Role.SUBMITTER)
 @idempotent("batch")
-def submit_batch() -> tuple[Response, int]:
-    args, upload = _read_submission()
+@bp.doc(requestBody=SUBMISSION_BODY, responses=SUBMISSION_ANSWERS)
+@bp.response(202, JobCreatedSchema, description="the job, queued; with dry_run, the estimate, queued")
+@error(409, "an Idempotency-Key whose first request is still being processed")
+@error(413, "a body or file over the service's limits")
+@error(415, "neither application/json nor multipart/form-data")
+@error(422, "a field at fault, named in details.fields (or details.field)")
+@error(429, "a rate limit or quota: Retry-After says when to retry")
+def submit_batch() -> Any:
+    """Submit a batch: the JSONL at `input_file_url` (application/json) or
+    uploaded as the `file` part (multipart/form-data). With `Idempotency-Key`,
+    a retried request answers what the first answered."""
+    args = _read_submission()
+    upload_part = args.pop("file", None)
+    upload = upload_part.stream if upload_part is not None else None
     metadata = args.get("metadata") or {}
     if args["dry_run"]:
         return _dry_run(args, upload)
@@ -123,7 +159,7 @@ def submit_batch() -> tuple[Response, int]:
         "created_at": iso(job.created_at),
         "estimated_completion": iso(job.estimated_completion),
     }
-    return jsonify(body), 202
+    return body, 202
 
 
 def _dry_run(args: dict[str, Any], upload: Any) -> tuple[Response, int]:
@@ -148,7 +184,8 @@ def _dry_run(args: dict[str, Any], upload: Any) -> tuple[Response, int]:
     finally:
         if upload is not None:
             upload.close()
-    return jsonify(estimate_view(record)), 202
+    # Not the job schema of submit_batch's @response: a Response is answered as it is.
+    return jsonify(EstimateSchema().dump(estimate_view(record))), 202
 
 
 def estimate_view(record: dict[str, Any]) -> dict[str, Any]:
@@ -172,17 +209,22 @@ def _visible_estimate(estimate_id: str) -> dict[str, Any]:
 
 
 @bp.get("/estimates/<estimate_id>")
-def get_estimate(estimate_id: str) -> Response:
+@bp.response(200, EstimateSchema)
+@error(404, "no such estimate (or past its TTL, or another tenant's)")
+def get_estimate(estimate_id: str) -> dict[str, Any]:
     """A dry run's estimate: `queued` until the cpu worker has counted, then `done`
     (or `invalid`, with the errors a real submission would fail with)."""
-    return jsonify(estimate_view(_visible_estimate(estimate_id)))
+    return estimate_view(_visible_estimate(estimate_id))
 
 
 @bp.delete("/estimates/<estimate_id>")
 @requires(Role.SUBMITTER)
-def delete_estimate(estimate_id: str) -> Response:
+@bp.response(200, EstimateDeletedSchema)
+@error(404, "no such estimate (or past its TTL, or another tenant's)")
+def delete_estimate(estimate_id: str) -> dict[str, Any]:
+    """Delete a dry run's estimate."""
     services().estimates.delete(_visible_estimate(estimate_id)["estimate_id"])
-    return jsonify({"estimate_id": estimate_id, "deleted": True})
+    return {"estimate_id": estimate_id, "deleted": True}
 
 
 def usage_and_cost(job: Job, counts: Counts) -> dict[str, Any]:
@@ -249,37 +291,37 @@ def job_view(svc: Services, job: Job) -> dict[str, Any]:
 
 
 @bp.get("/reports/costs")
-def report_costs() -> Response:
+@bp.arguments(CostsQuerySchema, location="query")
+@bp.response(200, CostReportSchema)
+def report_costs(query: dict[str, Any]) -> dict[str, Any]:
     """Per model, over the caller's completed jobs (an admin's: all tenants')
     created at or after `?since=` (unix seconds): measured req/s, the time and
     cost of 170K requests at that rate, and what was spent."""
-    raw = request.args.get("since")
-    try:
-        since = float(raw) if raw else None
-    except ValueError:
-        raise ServiceError(
-            ErrorType.VALIDATION, "since must be unix seconds", {"fields": {"since": ["a number"]}}
-        ) from None
-    return jsonify({"data": cost_report(services(), visible_tenant(), since), "since": iso(since)})
+    since = query["since"]
+    return {"data": cost_report(services(), visible_tenant(), since), "since": iso(since)}
 
 
 @bp.get("/batch/<job_id>")
-def get_batch(job_id: str) -> Response:
-    return jsonify(job_view(services(), visible_job(job_id)))
+@bp.response(200, BatchJobSchema)
+@error(404, "no such job (or another tenant's)")
+def get_batch(job_id: str) -> dict[str, Any]:
+    """A job: status, progress, throughput, times, usage and cost; a failed job's errors."""
+    return job_view(services(), visible_job(job_id))
 
 
 @bp.get("/batch")
-def list_batches() -> Response:
-    args = PageSchema().load(request.args.to_dict())
+@bp.arguments(PageSchema, location="query")
+@bp.response(200, BatchListSchema)
+@error(404, "`after` names no job")
+def list_batches(query: dict[str, Any]) -> dict[str, Any]:
+    """The caller's jobs (an admin's: every tenant's), newest first, `limit` after the job `after`."""
     svc = services()
-    page, has_more = svc.jobs.page(limit=args["limit"], after=args["after"], tenant=visible_tenant())
-    return jsonify(
-        {
-            "data": [job_view(svc, job) for job in page],
-            "has_more": has_more,
-            "last_id": page[-1].id if page else None,
-        }
-    )
+    page, has_more = svc.jobs.page(limit=query["limit"], after=query["after"], tenant=visible_tenant())
+    return {
+        "data": [job_view(svc, job) for job in page],
+        "has_more": has_more,
+        "last_id": page[-1].id if page else None,
+    }
 
 
 FINISHED = frozenset({JobStatus.COMPLETED, JobStatus.CANCELLED, JobStatus.EXPIRED})
@@ -287,7 +329,12 @@ FINISHED = frozenset({JobStatus.COMPLETED, JobStatus.CANCELLED, JobStatus.EXPIRE
 
 @bp.get("/batch/<job_id>/results")
 @audited("results")
-def get_results(job_id: str) -> Response:
+@bp.arguments(ResultsQuerySchema, location="query")
+@bp.response(200, BatchResultsSchema)
+@error(404, "no such job (or another tenant's)")
+@error(409, "the job has not ended (and partial is false, or it is not running): no results yet")
+@error(410, "the job's files were deleted after the retention period")
+def get_results(query: dict[str, Any], job_id: str) -> dict[str, Any]:
     """Links to the results. `?partial=true` also answers while the job runs,
     with links to what has finished so far."""
     svc = services()
@@ -298,37 +345,32 @@ def get_results(job_id: str) -> Response:
             f"the results of this job were deleted on {iso(job.data_expired_at)}, after the retention period",
             {"job_id": job.id, "status": job.status.value, "data_expired_at": iso(job.data_expired_at)},
         )
-    partial = request.args.get("partial", "false").lower() in ("1", "true", "yes")
     if job.status in FINISHED and job.results_key:
         ttl = timedelta(seconds=svc.settings.result_link_ttl_s)
         storage = svc.storage
-        return jsonify(
-            {
-                "job_id": job.id,
-                "status": job.status.value,
-                "results_url": storage.presigned_get_url(job.results_key, ttl, download_name=f"{job.id}-results.jsonl"),
-                "errors_url": storage.presigned_get_url(job.errors_key, ttl, download_name=f"{job.id}-errors.jsonl")
-                if job.errors_key
-                else None,
-                "expires_at": iso(time.time() + ttl.total_seconds()),
-                "stats": job.stats,
-            }
-        )
-    if partial and job.status in (JobStatus.IN_PROGRESS, JobStatus.FINALIZING, JobStatus.CANCELLING):
+        return {
+            "job_id": job.id,
+            "status": job.status.value,
+            "results_url": storage.presigned_get_url(job.results_key, ttl, download_name=f"{job.id}-results.jsonl"),
+            "errors_url": storage.presigned_get_url(job.errors_key, ttl, download_name=f"{job.id}-errors.jsonl")
+            if job.errors_key
+            else None,
+            "expires_at": iso(time.time() + ttl.total_seconds()),
+            "stats": job.stats,
+        }
+    if query["partial"] and job.status in (JobStatus.IN_PROGRESS, JobStatus.FINALIZING, JobStatus.CANCELLING):
         # Served by this API, so the link is built from the address it was reached on.
         base = url_for("v1.get_partial", job_id=job.id, _external=True)
         counts = svc.jobs.counts(job.id)
-        return jsonify(
-            {
-                "job_id": job.id,
-                "status": job.status.value,
-                "partial": True,
-                "results_url": f"{base}?kind=results",
-                "errors_url": f"{base}?kind=errors",
-                "expires_at": None,
-                "stats": {"total": job.total, "successful": counts.completed, "failed": counts.failed},
-            }
-        )
+        return {
+            "job_id": job.id,
+            "status": job.status.value,
+            "partial": True,
+            "results_url": f"{base}?kind=results",
+            "errors_url": f"{base}?kind=errors",
+            "expires_at": None,
+            "stats": {"total": job.total, "successful": counts.completed, "failed": counts.failed},
+        }
     details: dict[str, Any] = {"job_id": job.id, "status": job.status.value}
     if job.errors:
         details["errors"] = job.errors[:10]
@@ -337,22 +379,29 @@ def get_results(job_id: str) -> Response:
 
 @bp.get("/batch/<job_id>/partial")
 @audited("results_partial")
-def get_partial(job_id: str) -> Response:
-    """Stream the lines finished so far: complete JSON lines, never a torn one."""
+@bp.arguments(PartialQuerySchema, location="query")
+@bp.response(200, {"type": "string"}, content_type=JSONL, description="the finished lines, as JSONL")
+@error(404, "no such job (or another tenant's)")
+def get_partial(query: dict[str, Any], job_id: str) -> Response:
+    """Stream the lines finished so far (`kind`: the results or the error lines):
+    complete JSON lines, never a torn one."""
     job = visible_job(job_id)
-    kind = request.args.get("kind", "results")
-    if kind not in ("results", "errors"):
-        raise ServiceError(ErrorType.VALIDATION, "kind must be results or errors", {"fields": {"kind": [kind]}})
-    lines = finished_lines(services().storage, job, successes=kind == "results")
-    return Response(lines, mimetype="application/jsonl")
+    lines = finished_lines(services().storage, job, successes=query["kind"] == "results")
+    return Response(lines, mimetype=JSONL)
 
 
 @bp.post("/batch/<job_id>/retry")
 @audited("retry")
 @requires(Role.SUBMITTER)
-def retry_batch(job_id: str) -> tuple[Response, int]:
+@bp.arguments(RetryQuerySchema, location="query")
+@bp.response(202, BatchRetrySchema, description="the re-drive (scope=job), or the new retry job (failed_requests)")
+@bp.alt_response(200, schema=BatchRetrySchema, description="scope=failed_requests asked again: the same retry job")
+@error(404, "no such job (or another tenant's)")
+@error(409, "the job has ended (scope=job), or has no failed requests to retry")
+def retry_batch(query: dict[str, Any], job_id: str) -> tuple[dict[str, Any], int]:
     """Re-drive what a job is missing (lost shards, a lost finalize): the same
-    as the sweeper does for stalled jobs, now, for this one job."""
+    as the sweeper does for stalled jobs, now, for this one job. With
+    scope=failed_requests: a new job of only the failed requests of a finished one."""
     svc = services()
     try:
         job = visible_job(job_id)
@@ -361,9 +410,9 @@ def retry_batch(job_id: str) -> tuple[Response, int]:
             raise
         # Redis lost it: storage still knows it, under the caller's tenant (an
         # admin may name another with ?tenant=), or this is a 404 too.
-        tenant = visible_tenant() or check_tenant(request.args.get("tenant", current_key().tenant))
+        tenant = visible_tenant() or query.get("tenant", current_key().tenant)
         job = rebuild_job(svc, job_id, tenant)
-    if request.args.get("scope") == "failed_requests":
+    if query["scope"] == "failed_requests":
         return _retry_failed_requests(svc, job)
     if job.status.terminal:
         raise ServiceError(ErrorType.CONFLICT, f"job is {job.status.value}; nothing to retry", {"job_id": job_id})
@@ -373,27 +422,35 @@ def retry_batch(job_id: str) -> tuple[Response, int]:
     if claimed:
         current_app.extensions["celery"].send_task(REDRIVE, args=[job_id, True], queue=svc.settings.cpu_queue)
     body = {"job_id": job_id, "status": job.status.value, "step": plan.step, "shards": plan.shards, "sent": claimed}
-    return jsonify(body), 202
+    return body, 202
 
 
-def _retry_failed_requests(svc: Services, job: Job) -> tuple[Response, int]:
+def _retry_failed_requests(svc: Services, job: Job) -> tuple[dict[str, Any], int]:
     """A new job of the same model holding only the failed requests of a
     finished one (metadata.retry_of names it); asked again before it ends, the same one."""
     retry = retry_failed_requests(svc, job, enqueue_prepare)
     body = {"job_id": retry.job_id, "status": retry.status, "retry_of": job.id, "requests": retry.requests}
-    return jsonify(body), 202 if retry.created else 200
+    return body, 202 if retry.created else 200
 
 
 @bp.post("/batch/<job_id>/cancel")
 @audited("cancel")
 @requires(Role.SUBMITTER)
-def cancel_batch(job_id: str) -> Response:
+@bp.response(200, BatchJobSchema, description="the job, cancelling (or cancelled, if it had not started)")
+@error(404, "no such job (or another tenant's)")
+@error(409, "the job has already ended")
+def cancel_batch(job_id: str) -> dict[str, Any]:
+    """Cancel a job: running shards stop at their next checkpoint; what finished is kept."""
     svc = services()
-    return jsonify(job_view(svc, cancel_job(svc, visible_job(job_id).id)))
+    return job_view(svc, cancel_job(svc, visible_job(job_id).id))
 
 
 @bp.get("/downloads/<token>")
 @audited("download")
+@bp.doc(security=[])
+@bp.response(200, {"type": "string"}, content_type=JSONL, description="the file (Content-Disposition names it)")
+@error(403, "the link's signature is wrong or it has expired")
+@error(404, "the object is gone, or downloads are served by the object store")
 def download(token: str) -> Response:
     """Serves signed links of the local-directory storage backend."""
     storage = services().storage
@@ -415,4 +472,4 @@ def download(token: str) -> Response:
 
     filename = name or key.rsplit("/", 1)[-1]
     headers = {"Content-Disposition": f'attachment; filename="{filename}"', "Content-Length": str(size)}
-    return Response(chunks(), mimetype="application/jsonl", headers=headers)
+    return Response(chunks(), mimetype=JSONL, headers=headers)
