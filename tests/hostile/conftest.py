@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from batchsvc.access import Role
+from batchsvc.access import DEFAULT_TENANT, Role
 from batchsvc.services import Services
 from batchsvc.settings import PROJECT_ROOT
 from scripts.stack import procfile
@@ -62,8 +62,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     yield from serve(tmp_path_factory.mktemp("served"))
 
 
-def serve(tmp: Path, **overrides: object) -> Iterator[Served]:
-    """Run the Procfile's `web` entry, its settings passed the way workers get theirs."""
+def serve(tmp: Path, role: Role = Role.SUBMITTER, **overrides: object) -> Iterator[Served]:
+    """Run the Procfile's `web` entry, its settings passed the way workers get theirs,
+    with a key of `role` for the default tenant."""
     settings = make_settings(tmp, **unique_names(), **overrides)
     command = procfile()["web"]
     port = free_port()
@@ -79,7 +80,7 @@ def serve(tmp: Path, **overrides: object) -> Iterator[Served]:
             start_new_session=True,
         )
     svc = Services(settings)
-    _, key = svc.keys.create("default", Role.SUBMITTER, "hostile")
+    _, key = svc.keys.create(DEFAULT_TENANT, role, "hostile")
     url = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
