@@ -10,9 +10,7 @@ import time
 import uuid
 from datetime import timedelta
 
-import redis.exceptions
-from celery import Task, chord
-from celery.utils.time import get_exponential_backoff_interval
+from celery import chord
 
 from batchsvc import metrics
 from batchsvc.access import DEFAULT_TENANT
@@ -31,9 +29,9 @@ from batchsvc.pipeline.shards import ShardInterrupted, finish_reused_shards, fin
 from batchsvc.services import Services, current_services
 from batchsvc.settings import get_settings
 from batchsvc.storage import layout
-from batchsvc.storage.base import StorageUnavailable
-from batchsvc.store.jobs import Job, JobStatus, job_error, job_priority
+from batchsvc.store.jobs import Job, JobStatus, job_priority
 from batchsvc.store.tenants import webhook_secrets
+from tasks.base import TRANSIENT, BatchTask
 from tasks.celery_app import create_celery
 from tasks.leasing import heartbeat, resend, shutting_down
 from tasks.names import (
@@ -89,31 +87,8 @@ def queue_depth(job: Job) -> int:
         return sum(int(client.llen(key)) for key in queue_keys(queue))
 
 
-# Outages that pass: retry these, and nothing broader.
-TRANSIENT = (StorageUnavailable, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
-_RETRY = {"autoretry_for": TRANSIENT, "retry_backoff": 2, "retry_backoff_max": 300, "retry_jitter": True}
-
-
-class JobTask(Task):
-    """A pipeline step whose final failure (retries spent, or an error nobody
-    retries) ends the job as failed instead of leaving it active forever."""
-
-    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:  # type: ignore[no-untyped-def]
-        job_id = kwargs.get("job_id", args[-1] if args else None)
-        if job_id:
-            error = job_error("internal_error", f"{self.name} failed: {type(exc).__name__}")
-            current_services().jobs.fail(job_id, [error])
-
-
-def _retry_outage(task: Task, exc: Exception) -> Exception:
-    """The retry `_RETRY` would make (the same backoff), raised inside the step's
-    lease, so that the lease covers the countdown a worker holds it for."""
-    countdown = get_exponential_backoff_interval(factor=2, retries=task.request.retries, maximum=300, full_jitter=True)
-    return task.retry(exc=exc, countdown=countdown)
-
-
-@app.task(name=PREPARE, base=JobTask, bind=True, acks_late=True, max_retries=10)
-def prepare(self: Task, job_id: str) -> int:
+@app.task(name=PREPARE, bind=True, max_retries=10, fails_job=True)
+def prepare(self: BatchTask, job_id: str) -> int:
     svc = current_services()
     with heartbeat(self, job_id):
         try:
@@ -136,18 +111,11 @@ def prepare(self: Task, job_id: str) -> int:
                 finalize.apply_async(([], job_id), queue=svc.settings.cpu_queue)
             return len(manifest.shards)
         except TRANSIENT as exc:
-            raise _retry_outage(self, exc) from None
+            raise self.retry_outage(exc) from None
 
 
-@app.task(
-    name=SHARD,
-    bind=True,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    max_retries=None,
-    soft_time_limit=get_settings().shard_soft_time_limit_s,
-)
-def shard(self: Task, job_id: str, index: int, tenant: str = DEFAULT_TENANT) -> dict:
+@app.task(name=SHARD, bind=True, max_retries=None, soft_time_limit=get_settings().shard_soft_time_limit_s)
+def shard(self: BatchTask, job_id: str, index: int, tenant: str = DEFAULT_TENANT) -> dict:
     """`tenant` rides in the message so that a refund can be written to storage
     (under the tenant's prefix) while Redis, which knows the job, is down."""
     svc = current_services()
@@ -191,7 +159,7 @@ def shard(self: Task, job_id: str, index: int, tenant: str = DEFAULT_TENANT) -> 
             # count, and the checkpoint keeps the work done so far.
             if counted:
                 _refund(svc, job, index)
-            raise self.retry(exc=exc, countdown=_backoff(self.request.retries + 1)) from None
+            raise self.retry_outage(exc) from None
         except Exception as exc:
             # The engine failed on this shard (a crash, a bug, a time limit). Try
             # again up to the cap; the start after that gives up (above).
@@ -218,8 +186,8 @@ def _backoff(attempt: int) -> float:
     return float(min(300, 2**attempt))
 
 
-@app.task(name=FINALIZE, base=JobTask, bind=True, acks_late=True, max_retries=10)
-def finalize(self: Task, shard_results: list[dict], job_id: str) -> str:
+@app.task(name=FINALIZE, bind=True, max_retries=10, fails_job=True)
+def finalize(self: BatchTask, shard_results: list[dict], job_id: str) -> str:
     svc = current_services()
     with heartbeat(self, job_id):
         try:
@@ -234,11 +202,11 @@ def finalize(self: Task, shard_results: list[dict], job_id: str) -> str:
                     raise
             return job.status.value
         except TRANSIENT as exc:
-            raise _retry_outage(self, exc) from None
+            raise self.retry_outage(exc) from None
 
 
-@app.task(name=WEBHOOK, bind=True, acks_late=True, max_retries=None)
-def webhook(self: Task, job_id: str) -> str:
+@app.task(name=WEBHOOK, bind=True, max_retries=None)
+def webhook(self: BatchTask, job_id: str) -> str:
     svc = current_services()
     settings = svc.settings
     job = svc.jobs.get(job_id)
@@ -279,8 +247,8 @@ def webhook(self: Task, job_id: str) -> str:
     return "delivered"
 
 
-@app.task(name=RESCORE, bind=True, acks_late=True, max_retries=10, **_RETRY)
-def rescore(self: Task, name: str) -> str | None:
+@app.task(name=RESCORE, max_retries=10)
+def rescore(name: str) -> str | None:
     """Beat's nightly rescoring: submit this tick's run of the entry, once."""
     svc = current_services()
     entry = rescoring_entry(svc.settings, name)
@@ -293,8 +261,8 @@ def rescore(self: Task, name: str) -> str | None:
     return job.id if job else None
 
 
-@app.task(name=SWEEP, bind=True, acks_late=True, max_retries=0)
-def sweep(self: Task) -> list[str]:
+@app.task(name=SWEEP, max_retries=0)
+def sweep() -> list[str]:
     """Beat, every sweep_interval_s: re-drive jobs whose messages were lost."""
     svc = current_services()
     redriven = []
@@ -305,36 +273,36 @@ def sweep(self: Task) -> list[str]:
     return redriven
 
 
-@app.task(name=LEASES, bind=True, acks_late=True, max_retries=0)
-def check_leases(self: Task) -> list[str]:
+@app.task(name=LEASES, bind=True, max_retries=0)
+def check_leases(self: BatchTask) -> list[str]:
     """Beat, every lease_check_interval_s: send again the steps whose worker died or froze."""
     redriven = redrive_expired(current_services(), lambda lease: resend(self.app, lease))
     return [lease.subject for lease in redriven]
 
 
-@app.task(name=REDRIVE, bind=True, acks_late=True, max_retries=3, **_RETRY)
-def redrive_job(self: Task, job_id: str, claimed: bool = False) -> dict:
+@app.task(name=REDRIVE)
+def redrive_job(job_id: str, claimed: bool = False) -> dict:
     """The operator's retry of one job (also reachable from Flower by name);
     `claimed`: the API already holds the job's re-drive claim for this retry."""
     plan = redrive(current_services(), job_id, send_redrive, claimed=claimed)
     return {"job_id": plan.job_id, "step": plan.step, "shards": plan.shards}
 
 
-@app.task(name=RETENTION, bind=True, acks_late=True, max_retries=3, **_RETRY)
-def retention(self: Task) -> list[str]:
+@app.task(name=RETENTION)
+def retention() -> list[str]:
     """Beat, hourly: delete the objects of finished jobs past retention_s."""
     return expire_job_data(current_services())
 
 
 # The estimate is kept in the job store (with a TTL), not as a task result: a dry run leaves nothing else.
-@app.task(name=ESTIMATE, bind=True, acks_late=True, ignore_result=True, max_retries=3, **_RETRY)
-def estimate(self: Task, estimate_id: str) -> None:
+@app.task(name=ESTIMATE, ignore_result=True)
+def estimate(estimate_id: str) -> None:
     """A dry run: validate, count tokens and reuse, estimate time and cost."""
     run_estimate(current_services(), estimate_id)
 
 
-@app.task(name=BACKUP, bind=True, acks_late=True, max_retries=3, **_RETRY)
-def backup_state(self: Task) -> str:
+@app.task(name=BACKUP)
+def backup_state() -> str:
     """Beat, daily: a snapshot of the job state in storage (`batchsvc admin backup`)."""
     made = backup(current_services())
     log.info("backup %s: %d jobs, %d records", made.key, made.jobs, made.keys)

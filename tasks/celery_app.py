@@ -9,7 +9,10 @@ from tasks.names import PRIORITY_SEP, PRIORITY_STEPS
 
 
 def create_celery(settings: Settings) -> Celery:
-    app = Celery("batchsvc", broker=settings.broker_url, backend=settings.result_backend)
+    # Every task is a tasks.base.BatchTask: the options and retries they share are written there once.
+    app = Celery(
+        "batchsvc", broker=settings.broker_url, backend=settings.result_backend, task_cls="tasks.base:BatchTask"
+    )
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
