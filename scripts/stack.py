@@ -100,7 +100,9 @@ def supervisord_conf(entries: dict[str, str], max_crashes: int, window_s: float)
             # whoever starts the process: `make up` or supervisord after a crash.
             f"command=bash -c {_quote(json.dumps(f'rm -rf {METRICS / name}; exec {command}'))}\n"
             f"directory={_quote(str(ROOT))}\n"
-            "autostart=false\nautorestart=true\nexitcodes=0\n"
+            # 75: an LLM worker over its memory budget that blamed a request (memory_budget.py):
+            # restarted like a crash, but not counted as one by crashguard.
+            "autostart=false\nautorestart=true\nexitcodes=0,75\n"
             f"startsecs={START_SECS}\nstartretries={START_RETRIES}\n"
             f"stopsignal=TERM\nstopwaitsecs={STOP_WAIT_SECS}\nstopasgroup=true\nkillasgroup=true\n"
             f"redirect_stderr=true\nstdout_logfile={_quote(str(LOGS / f'{name}.log'))}\n"

@@ -10,12 +10,18 @@ the memory back (a runaway grammar, a leak in the engine), so it ends itself:
    within a few seconds;
 2. one ERROR line gives the figures;
 3. its child processes are killed (so the memory is free at once and no engine
-   core is orphaned), and the process exits with MEMORY_EXIT_CODE.
+   core is orphaned), and the process exits.
 
 Its supervisor (supervisord under `make up`, the platform elsewhere) starts it
 again; the shard comes back through its lease and runs its suspects one at a
 time (batchsvc/pipeline/shards.py), so the request that busts the budget fails
 alone with `worker_memory_exceeded`.
+
+The exit code says whether requests were blamed. EXIT_REQUEST_BLAMED: a restart
+is all it takes, and `make up`'s supervisord counts it as an expected exit (not a
+crash), so a client sending many such requests cannot get the worker stopped as
+a crash loop. EXIT_OVER_BUDGET: nothing to blame (over the budget while loading,
+idle, or with nothing new learnt): a crash, and counted as one.
 
 The thread needs the interpreter lock to run: a C extension that held it while
 allocating would delay the check until it lets go.
@@ -29,19 +35,30 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import psutil
 
 log = logging.getLogger(__name__)
 
 CODE = "worker_memory_exceeded"
-# EX_TEMPFAIL: the process should simply be started again.
-MEMORY_EXIT_CODE = 75
+EXIT_REQUEST_BLAMED = 75  # EX_TEMPFAIL: start it again (scripts/stack.py: an expected exit)
+EXIT_OVER_BUDGET = 70  # EX_SOFTWARE: a crash
 INTERVAL_S = 0.5
 _NOTIFY_TIMEOUT_S = 5.0
 
-# Told (rss_mb, budget_mb) when the budget is exceeded; returns a few words for the ERROR line, or None.
-Exposure = Callable[[float, int], "str | None"]
+
+@dataclass(frozen=True)
+class Recorded:
+    """What a callback of `exposed()` recorded: words for the ERROR line, and
+    whether it named requests to blame."""
+
+    note: str
+    blamed: bool = False
+
+
+# Told (rss_mb, budget_mb) when the budget is exceeded; says what it recorded, if anything.
+Exposure = Callable[[float, int], "Recorded | None"]
 _exposed: list[Exposure] = []
 _exposed_lock = threading.Lock()
 
@@ -124,7 +141,8 @@ class MemoryWatch:
                 log.debug("memory budget: sample failed", exc_info=True)
 
     def _end(self, rss: float, children: list[psutil.Process]) -> None:
-        notes = _notify(rss, self.budget_mb)
+        records = _notify(rss, self.budget_mb)
+        code = EXIT_REQUEST_BLAMED if any(r.blamed for r in records) else EXIT_OVER_BUDGET
         log.error(
             "memory budget: worker pid %d and %d child processes hold %.0f MB resident, over worker_max_rss_mb "
             "%d MB%s; exiting (code %d) so that it is restarted",
@@ -132,8 +150,8 @@ class MemoryWatch:
             len(children),
             rss,
             self.budget_mb,
-            "".join(f"; {note}" for note in notes),
-            MEMORY_EXIT_CODE,
+            "".join(f"; {r.note}" for r in records),
+            code,
         )
         for handler in logging.getLogger().handlers:
             with contextlib.suppress(Exception):
@@ -141,19 +159,19 @@ class MemoryWatch:
         for child in children:
             with contextlib.suppress(psutil.Error):
                 child.kill()
-        self.exit(MEMORY_EXIT_CODE)
+        self.exit(code)
 
 
-def _notify(rss: float, budget_mb: int) -> list[str]:
+def _notify(rss: float, budget_mb: int) -> list[Recorded]:
     """Tell every registered callback, innermost first, each within _NOTIFY_TIMEOUT_S
     (a hung Redis must not keep a process that is over its budget alive)."""
     with _exposed_lock:
         callbacks = list(reversed(_exposed))
-    notes: list[str] = []
+    records: list[Recorded] = []
     for callback in callbacks:
-        result: list[str | None] = []
+        result: list[Recorded | None] = []
 
-        def call(callback: Exposure = callback, result: list[str | None] = result) -> None:
+        def call(callback: Exposure = callback, result: list[Recorded | None] = result) -> None:
             try:
                 result.append(callback(rss, budget_mb))
             except Exception:
@@ -165,6 +183,6 @@ def _notify(rss: float, budget_mb: int) -> list[str]:
         thread.join(_NOTIFY_TIMEOUT_S)
         if thread.is_alive():
             log.warning("memory budget: a record took over %.0fs; exiting without it", time.monotonic() - started)
-        elif result and result[0]:
-            notes.append(result[0])
-    return notes
+        elif result and result[0] is not None:
+            records.append(result[0])
+    return records

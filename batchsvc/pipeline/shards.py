@@ -252,7 +252,7 @@ class ShardRun:
             results.close()  # aborts what the engine still holds of this shard
         return None
 
-    def _over_budget(self, rss_mb: float, budget_mb: int) -> str:
+    def _over_budget(self, rss_mb: float, budget_mb: int) -> memory_budget.Recorded:
         """The worker is over its memory budget and about to exit (called from the
         memory watch's thread): record what the engine held, so the next start knows."""
         in_flight = [c for c in list(self._taken) if c not in self.done]
@@ -262,10 +262,12 @@ class ShardRun:
         self.svc.jobs.record_memory_exit(self.job_id, self.index, after, refund=narrows)
         where = f"shard {self.job_id}/{self.index}"
         if alone is not None and alone in after.culprits:
-            return f"{where}: request {alone} ran alone, and fails as {memory_budget.CODE}"
+            return memory_budget.Recorded(
+                f"{where}: request {alone} ran alone, and fails as {memory_budget.CODE}", True
+            )
         counted = "" if narrows else " (nothing new: this start counts against shard_max_attempts)"
         held = f"{len(in_flight)} request{'' if len(in_flight) == 1 else 's'} in flight"
-        return f"{where}: {held}, each to run alone at the next start{counted}"
+        return memory_budget.Recorded(f"{where}: {held}, each to run alone at the next start{counted}", narrows)
 
     def _answer_culprits(self, by_id: dict[str, EngineRequest]) -> None:
         """Answer the requests that took a worker over its budget while they ran alone."""

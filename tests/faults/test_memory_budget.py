@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from batchsvc.inference.memory_budget import CODE, MEMORY_EXIT_CODE, tree_rss
+from batchsvc.inference.memory_budget import CODE, EXIT_REQUEST_BLAMED, tree_rss
 from tests.support.invariants import (
     Watch,
     answered,
@@ -73,7 +73,7 @@ def test_the_request_that_busts_the_workers_memory_fails_alone(
     # The worker exited over its budget twice: with the request among others in flight
     # (here the engine held it alone, as the instant engine takes one at a time), then
     # running it by itself; each time it was restarted and the shard came back.
-    assert [code for _, code in restarter.exits] == [MEMORY_EXIT_CODE] * 2
+    assert [code for _, code in restarter.exits] == [EXIT_REQUEST_BLAMED] * 2  # a request blamed each time
     log = stack.llm.log_text()
     seen_mb = [float(mb) for mb in re.findall(r"hold (\d+) MB resident, over worker_max_rss_mb 600 MB", log)]
     assert len(seen_mb) == 2

@@ -197,3 +197,43 @@ def redis_env() -> Iterator[dict[str, str]]:
     env = {**os.environ, "BATCHSVC_STATE_REDIS_URL": f"{REDIS_BASE}/12", "BATCHSVC_REDIS_PREFIX": prefix}
     yield env
     redis.Redis.from_url(f"{REDIS_BASE}/12").delete(f"{prefix}:supervisor:gave_up")
+
+
+def test_memory_budget_exits_are_restarted_and_not_counted_as_crashes(
+    make_stack: Callable[..., Stack],
+    supervised: Callable[..., Supervised],
+    receiver: WebhookReceiver,
+    instant_log: Path,
+) -> None:
+    # Two requests, in two shards, each take the worker over its memory budget: four
+    # exits (each of them twice), more than restart_max_crashes (3). They are answered
+    # worker_memory_exceeded, and crashguard does not stop the worker for it.
+    # worker_max_rss_mb is lowered from 16384 MB to 1500 MB (this machine is shared), and
+    # at the instant engine's 250 MB/s a GROW request reaches it after startsecs (5 s).
+    stack = make_stack(shard_size=10, progress_every=5, worker_max_rss_mb=1500, beat=True, start=False)
+    settings = stack.settings
+    assert Settings().restart_max_crashes == settings.restart_max_crashes == 3
+    stack.cpu.start()
+    stack.cpu.wait_ready()
+    llm = stack.llm
+    command = [sys.executable, "-m", "celery", "-A", "tasks.worker", "worker", "-Q", ",".join(llm.queues),
+               "-n", llm.nodename, "--pool", "solo", "--prefetch-multiplier", "1", "--loglevel", "INFO",
+               "--without-gossip", "--without-mingle"]  # fmt: skip
+    sup = supervised({"llm": shlex.join(command)}, llm.env)
+    wait_until(lambda: sup.pid("llm"), 60, what="supervisord to count the worker RUNNING (after startsecs)")
+    requests = instant_requests(30, grow=[3, 24])
+    job_id = submit(stack, requests, receiver.url)
+
+    watch = Watch()
+    wait_terminal(stack, job_id, watch, timeout=300)
+    outcome = collect(stack, job_id, requests, receiver, instant_log)
+    assert_invariants(outcome, requests, watch)
+    assert {e["custom_id"]: e["response"]["body"]["error"]["code"] for e in outcome.errors} == {
+        requests[3]["custom_id"]: "worker_memory_exceeded",
+        requests[24]["custom_id"]: "worker_memory_exceeded",
+    }
+    exits = re.findall(r"exited: llm \(exit status (\d+); (\w+)\)", (sup.var / "log" / "supervisord.log").read_text())
+    assert exits == [("75", "expected")] * 4
+    wait_until(lambda: sup.pid("llm"), 60, what="the worker RUNNING again after its last exit")
+    assert "GAVE UP" not in sup.status()["llm"]
+    assert "llm exited unexpectedly" not in (sup.var / "log" / "crashguard.log").read_text()

@@ -13,7 +13,14 @@ import psutil
 import pytest
 
 from batchsvc.inference import memory_budget
-from batchsvc.inference.memory_budget import MEMORY_EXIT_CODE, MemoryWatch, exposed, tree_rss
+from batchsvc.inference.memory_budget import (
+    EXIT_OVER_BUDGET,
+    EXIT_REQUEST_BLAMED,
+    MemoryWatch,
+    Recorded,
+    exposed,
+    tree_rss,
+)
 from batchsvc.settings import Settings
 
 # A child that touches `mb` MB, says so, and waits.
@@ -79,11 +86,11 @@ def test_over_the_budget_it_tells_the_running_work_kills_its_children_and_exits(
     watch = MemoryWatch(1000, sample=lambda: (1500.0, [psutil.Process(holder.pid)]), exit=exits)
     with (
         exposed(lambda rss, budget: told.append(("task", rss, budget)) or None),
-        exposed(lambda rss, budget: told.append(("shard", rss, budget)) or "shard j/0: 3 in flight"),
+        exposed(lambda rss, budget: told.append(("shard", rss, budget)) or Recorded("shard j/0: 3 in flight", True)),
     ):
         assert watch.check() is True
     assert told == [("shard", 1500.0, 1000), ("task", 1500.0, 1000)]  # innermost first
-    assert exits.codes == [MEMORY_EXIT_CODE]
+    assert exits.codes == [EXIT_REQUEST_BLAMED]  # requests were blamed: not a crash
     assert holder.wait(timeout=10) == -9
     (line,) = [r for r in caplog.records if r.levelname == "ERROR"]
     assert "1500 MB resident, over worker_max_rss_mb 1000 MB; shard j/0: 3 in flight" in line.getMessage()
@@ -96,18 +103,18 @@ def test_a_record_that_hangs_or_fails_does_not_keep_the_process(
     exits = Exits()
     never = threading.Event()
 
-    def hang(rss: float, budget: int) -> str:
+    def hang(rss: float, budget: int) -> Recorded:
         never.wait()
-        return "never said"
+        return Recorded("never said", True)
 
-    def fail(rss: float, budget: int) -> str:
+    def fail(rss: float, budget: int) -> Recorded:
         raise ConnectionError("redis is down")
 
     watch = MemoryWatch(100, sample=lambda: (200.0, []), exit=exits)
     with exposed(hang), exposed(fail):
         watch.check()
     never.set()
-    assert exits.codes == [MEMORY_EXIT_CODE]
+    assert exits.codes == [EXIT_OVER_BUDGET]  # nobody blamed: a crash
     assert "could not record" in caplog.text and "exiting without it" in caplog.text
     assert "never said" not in caplog.text
 
@@ -122,5 +129,5 @@ def test_the_thread_sees_real_growth() -> None:
         assert exits.called.wait(30), f"no exit; peak {watch.peak_mb:.0f} MB"
     finally:
         watch.stop()
-    assert len(grown) and exits.codes == [MEMORY_EXIT_CODE]
+    assert len(grown) and exits.codes == [EXIT_OVER_BUDGET]  # nothing registered: nothing to blame
     assert watch.peak_mb > start + 60

@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from batchsvc.inference.engine import EngineRequest, EngineResult, InstantEngine, instant_prompt
-from batchsvc.inference.memory_budget import CODE, MemoryWatch
+from batchsvc.inference.memory_budget import CODE, EXIT_REQUEST_BLAMED, MemoryWatch
 from batchsvc.inference.models import ModelSpec
 from batchsvc.pipeline.leases import Heartbeat, subject_of
 from batchsvc.pipeline.prepare import prepare_job
@@ -77,12 +77,14 @@ def running_job(svc: Services, requests: list[dict]) -> str:
     return job.id
 
 
-def start(svc: Services, job_id: str) -> bool:
-    """One start of shard 0, counted as the shard task counts it; True if it finished."""
+def start(svc: Services, job_id: str, exit_code: int | None = None) -> bool:
+    """One start of shard 0, counted as the shard task counts it; True if it
+    finished, False if the worker exited (with `exit_code`)."""
     svc.jobs.shard_attempt(job_id, 0)
     try:
         run_shard(svc, job_id, 0, engine_for=_Budgeted)
-    except _Exited:
+    except _Exited as exited:
+        assert exited.args == (exit_code,)
         return False
     return True
 
@@ -99,10 +101,10 @@ def test_the_request_that_busts_the_budget_fails_alone(services: Services, insta
     job_id = running_job(services, requests)
 
     # 1st start: the engine takes the requests one by one; at the 8th the worker exits.
-    assert not start(services, job_id)
+    assert not start(services, job_id, EXIT_REQUEST_BLAMED)
     assert services.jobs.memory_exits(job_id, 0).suspects == (ids[GROWS],)  # the only one the engine held
     # 2nd start: the others first, together; then the suspect alone, and the worker exits again.
-    assert not start(services, job_id)
+    assert not start(services, job_id, EXIT_REQUEST_BLAMED)
     exits = services.jobs.memory_exits(job_id, 0)
     assert exits.culprits == {ids[GROWS]: 1500.0} and exits.suspects == () and exits.exits == 2
     # 3rd start: the culprit's error line, and nothing left to run.
