@@ -23,6 +23,7 @@ import redis.exceptions
 from celery import Task
 from celery.utils.time import get_exponential_backoff_interval
 
+from batchsvc.pipeline.finalize import fail_job
 from batchsvc.services import current_services
 from batchsvc.storage.base import StorageUnavailable
 from batchsvc.store.jobs import job_error
@@ -54,5 +55,6 @@ class BatchTask(Task):
             return
         job_id = kwargs.get("job_id", args[-1] if args else None)
         if job_id:
-            error = job_error("internal_error", f"{self.name} failed: {type(exc).__name__}")
-            current_services().jobs.fail(job_id, [error])
+            fail_job(
+                current_services(), job_id, job_error("internal_error", f"{self.name} failed: {type(exc).__name__}")
+            )

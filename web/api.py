@@ -324,7 +324,8 @@ def list_batches(query: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-FINISHED = frozenset({JobStatus.COMPLETED, JobStatus.CANCELLED, JobStatus.EXPIRED})
+# Ended with its files written: a job that failed after it was sharded has them too.
+FINISHED = frozenset({JobStatus.COMPLETED, JobStatus.CANCELLED, JobStatus.EXPIRED, JobStatus.FAILED})
 
 
 @bp.get("/batch/<job_id>/results")

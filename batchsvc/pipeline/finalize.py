@@ -16,17 +16,20 @@ from batchsvc import metrics
 from batchsvc.inference import outputs
 from batchsvc.inference.quality import Quality
 from batchsvc.pipeline.costs import cost_of
-from batchsvc.pipeline.lifecycle import EXPIRED_CODE, final_status
+from batchsvc.pipeline.lifecycle import EXPIRED_CODE, FAILED_CODE, final_status
+from batchsvc.pipeline.partial import shard_lines
 from batchsvc.pipeline.recovery import save_job_record
-from batchsvc.pipeline.shards import iter_lines
+from batchsvc.pipeline.shards import iter_lines, read_shard_requests
 from batchsvc.services import Services
 from batchsvc.storage import layout
-from batchsvc.storage.base import Storage
+from batchsvc.storage.base import ObjectNotFound, Storage
 from batchsvc.storage.manifest import Manifest, ShardSummary
 from batchsvc.store.files import FileRecord, derived_file_id
 from batchsvc.store.jobs import Job, JobStatus
 
 log = logging.getLogger(__name__)
+
+FAILED_MESSAGE = "the batch failed before this request was answered"
 
 
 @dataclass
@@ -133,6 +136,60 @@ def finalize_job(svc: Services, job_id: str) -> Job:
         svc.jobs.record_model_rate(job.model, ran / (now - job.started_at))
     log.info("job %s %s: %s", job_id, job.status.value, stats.to_dict())
     return job
+
+
+def fail_job(svc: Services, job_id: str, error: dict[str, Any]) -> Job:
+    """End a job failed, accounting for every request it was given.
+
+    A job that failed before it was sharded has no known requests: it ends with
+    `error` alone. One that failed later (finalize or prepare failing for good)
+    first ends failed, so that its running shards stop (`batch_failed`), and then
+    publishes what it has: each request once, its finished line if one survives
+    (a shard's output or checkpoint), else an error line `batch_failed`. If even
+    that cannot be written, the job stays failed, with `error`, and no files."""
+    job = svc.jobs.get(job_id)
+    if not svc.jobs.fail(job_id, [error]):
+        return svc.jobs.get(job_id)  # it ended meanwhile, by another way
+    try:
+        manifest = Manifest.load(svc.storage, job)
+    except ObjectNotFound:
+        return svc.jobs.get(job_id)
+    try:
+        _publish_failed(svc, job, manifest)
+    except Exception as exc:  # the job is failed already; only its files are missing
+        log.error("job %s failed, and its requests could not be published: %r", job_id, exc)
+    return svc.jobs.get(job_id)
+
+
+def _publish_failed(svc: Services, job: Job, manifest: Manifest) -> None:
+    stats = MergeStats(answer_field=svc.settings.answer_field)
+    with tempfile.TemporaryDirectory(prefix="batchsvc-fail-") as workdir:
+        results_path, errors_path = Path(workdir) / "results.jsonl", Path(workdir) / "errors.jsonl"
+        with results_path.open("wb") as results, errors_path.open("wb") as errors:
+            for shard in manifest.shards:
+                finished: dict[str, bytes] = {}
+                try:
+                    for raw in shard_lines(svc.storage, job, shard.index):
+                        finished[orjson.loads(raw)["custom_id"]] = raw
+                except ObjectNotFound:
+                    pass  # this shard's answers are gone: its requests are answered below
+                for request in read_shard_requests(svc.storage, job, shard.index):
+                    line = finished.get(request.custom_id) or orjson.dumps(
+                        outputs.not_run_line(job.id, request.custom_id, FAILED_CODE, FAILED_MESSAGE)
+                    )
+                    (results if stats.add(orjson.loads(line)) else errors).write(line + b"\n")
+        result_object = svc.storage.put_file(layout.results_key(job), results_path, "application/jsonl")
+        error_object = svc.storage.put_file(layout.errors_key(job), errors_path, "application/jsonl")
+    svc.jobs.update(
+        job.id,
+        stats=stats.to_dict(),
+        results_key=layout.results_key(job),
+        errors_key=layout.errors_key(job),
+        output_file_id=_register(svc, job, "output", layout.results_key(job), result_object.size).id,
+        error_file_id=_register(svc, job, "error", layout.errors_key(job), error_object.size).id,
+    )
+    save_job_record(svc, job.id)
+    log.info("job %s failed; its %d requests published: %s", job.id, stats.total, stats.to_dict())
 
 
 def _register(svc: Services, job: Job, kind: str, key: str, size: int) -> FileRecord:

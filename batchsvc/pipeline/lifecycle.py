@@ -23,6 +23,7 @@ from batchsvc.store.jobs import Job, JobStatus
 
 CANCELLED_CODE = "batch_cancelled"
 EXPIRED_CODE = "batch_expired"
+FAILED_CODE = "batch_failed"
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ def stop_reason(job: Job, now: float | None = None) -> StopReason | None:
     if job.expires_at is not None and now >= job.expires_at:
         return StopReason(EXPIRED_CODE, "the batch's completion window ended before this request ran")
     if job.status is JobStatus.FAILED:
-        return StopReason("batch_failed", "the batch failed before this request ran")
+        return StopReason(FAILED_CODE, "the batch failed before this request ran")
     return None
 
 

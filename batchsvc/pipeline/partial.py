@@ -20,7 +20,8 @@ from batchsvc.storage.layout import JobRef
 from batchsvc.storage.manifest import Manifest, ShardSummary
 
 
-def _shard_lines(storage: Storage, job: JobRef, index: int) -> Iterator[bytes]:
+def shard_lines(storage: Storage, job: JobRef, index: int) -> Iterator[bytes]:
+    """The lines one shard has finished: its output once it is done, its checkpoint parts before."""
     try:
         summary = ShardSummary.load(storage, job, index)
     except ObjectNotFound:
@@ -54,6 +55,6 @@ def finished_lines(storage: Storage, job: JobRef, *, successes: bool) -> Iterato
     except ObjectNotFound:  # not yet sharded: nothing has run
         return
     for shard in manifest.shards:
-        for raw in _shard_lines(storage, job, shard.index):
+        for raw in shard_lines(storage, job, shard.index):
             if outputs.is_success(orjson.loads(raw)) == successes:
                 yield raw + b"\n"

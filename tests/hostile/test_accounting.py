@@ -6,6 +6,8 @@ finished shard log no error."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +15,9 @@ from typing import Any
 
 import orjson
 
+from batchsvc.storage import layout
+from batchsvc.storage.base import ObjectNotFound, Storage
+from batchsvc.storage.manifest import ShardSummary
 from tasks.celery_app import create_celery
 from tasks.names import SHARD, llm_queue
 from tests.support.client import upload
@@ -115,3 +120,45 @@ def test_duplicate_deliveries_of_a_finished_shard_log_no_error(instant_stack: St
     log = instant_stack.llm.log_text()[log_start:]
     assert log.count("already finished; duplicate delivery ignored") == 5
     assert "ERROR" not in log and "giving up" not in log, log[-2000:]
+
+
+def test_a_job_that_fails_after_its_shards_ran_still_answers_every_request(instant_stack: Stack) -> None:
+    """Finalize fails for good (one shard's output object is gone: nothing retries
+    that): the job ends failed, and still publishes each request once, the two
+    surviving shards' answers as they were and the lost shard's as batch_failed."""
+    job_id, requests = submit(instant_stack, 300)  # 3 shards of 100, 10 ms a request
+    job = layout.JobKey("default", job_id)
+    storage = instant_stack.storage
+    # The first shard done: prepare has sent the whole chord, and two shards still run.
+    wait_until(lambda: _summaries(storage, job, 1), 60, interval=0.05, what="the first shard to finish")
+    cpu = instant_stack.cpu.process
+    assert cpu is not None
+    os.killpg(cpu.pid, signal.SIGSTOP)  # finalize (on the cpu worker) waits until the output is gone
+    try:
+        summaries = wait_until(
+            lambda: _summaries(storage, job, 3), 120, interval=0.1, what="the three shards to finish"
+        )
+        lost = [r["custom_id"] for r in requests[100:200]]
+        storage.delete(summaries[1].output_key)
+    finally:
+        os.killpg(cpu.pid, signal.SIGCONT)
+
+    ended = instant_stack.wait_for_job(job_id, timeout=120)
+    assert ended["status"] == "failed", ended
+    assert ended["errors"][0]["code"] == "internal_error", ended["errors"]
+    results, errors = files_of(instant_stack, job_id)  # /results answers 200 with both links
+    seen = Counter(line["custom_id"] for line in results + errors)
+    assert sorted(seen) == sorted(r["custom_id"] for r in requests) and set(seen.values()) == {1}
+    assert sorted(r["custom_id"] for r in results) == sorted(set(seen) - set(lost))
+    assert sorted(e["custom_id"] for e in errors) == sorted(lost)
+    assert {e["error"]["code"] for e in errors} == {"batch_failed"}
+    batch = instant_stack.client.get(f"/v1/batches/{job_id}").get_json()
+    assert batch["status"] == "failed" and batch["output_file_id"] and batch["error_file_id"], batch
+    assert batch["request_counts"] == {"total": 300, "completed": 200, "failed": 100}, batch
+
+
+def _summaries(storage: Storage, job: layout.JobKey, count: int) -> list[ShardSummary] | None:
+    try:
+        return [ShardSummary.load(storage, job, index) for index in range(count)]
+    except ObjectNotFound:
+        return None
