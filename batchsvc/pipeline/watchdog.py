@@ -22,6 +22,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +31,15 @@ class StuckWatch:
     """When the engine last gave a result. Disarmed until the engine starts, so
     loading a model or reading a checkpoint never looks like a hang."""
 
-    def __init__(self, stuck_after_s: float):
+    def __init__(self, stuck_after_s: float, clock: Callable[[], float] = time.monotonic):
         self.stuck_after_s = stuck_after_s
+        self._clock = clock
         self._last: float | None = None
         self._lock = threading.Lock()
 
     def progress(self) -> None:
         with self._lock:
-            self._last = time.monotonic()
+            self._last = self._clock()
 
     def disarm(self) -> None:
         with self._lock:
@@ -48,7 +50,7 @@ class StuckWatch:
         with self._lock:
             if self._last is None or self.stuck_after_s <= 0:
                 return None
-            idle = time.monotonic() - self._last
+            idle = self._clock() - self._last
         return idle if idle >= self.stuck_after_s else None
 
 

@@ -100,6 +100,18 @@ def test_a_retry_keeps_the_lease_over_its_countdown(services: Services) -> None:
     assert deadline >= time.time() + 60 + services.settings.lease_ttl_s - 2
 
 
+def test_at_the_shipped_stuck_after_s_the_watchdog_fires_after_five_minutes_without_a_result() -> None:
+    now = [1000.0]
+    watch = StuckWatch(Settings().stuck_after_s, clock=lambda: now[0])  # 300 s, on a clock the test turns
+    watch.progress()
+    now[0] += 299
+    assert watch.stuck_for() is None
+    now[0] += 2
+    assert watch.stuck_for() == 301
+    watch.progress()  # a result resets it
+    assert watch.stuck_for() is None
+
+
 def test_the_watchdog_fires_on_no_result_for_stuck_after_s(services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
     watch = StuckWatch(0.2)
     assert watch.stuck_for() is None  # disarmed until the engine starts

@@ -88,6 +88,19 @@ def test_a_stalled_job_is_found_only_when_silent_and_its_queue_is_empty(services
     assert found(last + 61, 0) == [job_id]
 
 
+def test_at_the_shipped_stall_after_s_a_silent_job_is_re_driven_after_fifteen_minutes(services: Services) -> None:
+    stall_after_s = Settings().stall_after_s
+    assert stall_after_s == 900
+    job_id = started(services)
+    last = services.jobs.get(job_id).last_activity
+
+    def found(now: float) -> list[str]:
+        return [j.id for j in stalled_jobs(services, now=now, stall_after_s=stall_after_s, queue_depth=lambda _j: 0)]
+
+    assert found(last + 899) == []
+    assert found(last + 901) == [job_id]
+
+
 def test_redrive_sends_the_plan_and_restarts_the_stall_clock(services: Services) -> None:
     job_id = started(services)
     sent = []
