@@ -202,6 +202,31 @@ class GPUCollector(Collector):
         yield from families.values()
 
 
+class MemoryBudgetCollector(Collector):
+    """An LLM worker's resident memory (its process tree, as the memory budget
+    samples it) and its budget, from a callable returning (resident MB, budget MB),
+    or None before the watch starts."""
+
+    def __init__(self, reading: Callable[[], tuple[float, int] | None]):
+        self._reading = reading
+
+    def collect(self) -> Iterator[Metric]:
+        reading = self._reading()
+        if reading is None:
+            return
+        resident_mb, budget_mb = reading
+        yield GaugeMetricFamily(
+            "batchsvc_worker_resident_memory_bytes",
+            "Resident memory of the LLM worker's process tree at the last sample",
+            value=resident_mb * 2**20,
+        )
+        yield GaugeMetricFamily(
+            "batchsvc_worker_memory_budget_bytes",
+            "The memory budget (worker_max_rss_mb) past which the LLM worker exits; 0: none",
+            value=budget_mb * 2**20,
+        )
+
+
 class EngineStatsCollector(Collector):
     """The warm engine's own statistics (KV-cache use, prefix-cache hits,
     running and waiting requests), from a callable that returns

@@ -59,6 +59,11 @@ class _Fleet:
 _fleet = _Fleet()
 
 
+def memory_watch() -> MemoryWatch | None:
+    """This LLM worker's memory watch (None in a CPU worker)."""
+    return _fleet.memory
+
+
 def _llm_queues(consumer: Any) -> list[str]:
     prefix = current_services().settings.llm_queue_prefix + "."
     return sorted(q.name for q in consumer.task_consumer.queues if q.name.startswith(prefix))

@@ -21,7 +21,7 @@ from batchsvc.pipeline.monitoring import record_worker_start
 from batchsvc.services import current_services
 from batchsvc.settings import get_settings
 from batchsvc.telemetry import init_sentry
-from tasks import fleet as _fleet  # noqa: F401  (LLM worker records, model preload, hot-swap)
+from tasks import fleet as _fleet  # LLM worker records, model preload, hot-swap, the memory watch
 from tasks.batch import app  # importing tasks.batch registers the tasks
 from tasks.leasing import request_shutdown
 from tasks.schedule import beat_schedule
@@ -77,7 +77,13 @@ def _observe(sender: Any = None, **_: object) -> None:
             metrics.SystemCollector([str(settings.path("var"))]),
             metrics.GPUCollector.shared(),
             metrics.EngineStatsCollector(warm_engine_stats),
+            metrics.MemoryBudgetCollector(_memory_reading),
         )
+
+
+def _memory_reading() -> tuple[float, int] | None:
+    watch = _fleet.memory_watch()
+    return (watch.last_mb, watch.budget_mb) if watch is not None and watch.last_mb else None
 
 
 @signals.worker_process_shutdown.connect

@@ -110,12 +110,14 @@ class MemoryWatch:
         self.sample = sample
         self.exit = exit
         self.peak_mb = 0.0
+        self.last_mb = 0.0  # the latest sample (the worker's metrics export it)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def check(self) -> bool:
         """One sample; True (after ending the process) when it is over the budget."""
         rss, children = self.sample()
+        self.last_mb = rss
         self.peak_mb = max(self.peak_mb, rss)
         if self.budget_mb <= 0 or rss <= self.budget_mb:
             return False

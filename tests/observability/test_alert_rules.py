@@ -29,7 +29,7 @@ def test_the_scrape_config_is_valid_with_the_files_it_names(tmp_path: Path) -> N
     (tmp_path / "var" / "bootstrap-api-key").write_text("bsk_example\n")
     result = promtool("check", "config", "prometheus.yml", cwd=tmp_path / "configs" / "prometheus")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 9 rules found" in result.stdout
+    assert "SUCCESS: 10 rules found" in result.stdout
 
 
 def test_the_alert_rules_are_valid() -> None:

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from batchsvc import logs
 from batchsvc.inference.outputs import CHAT_URL, Choice, completion_body, not_run_line, success_line
 from batchsvc.inference.quality import MAX_VALUES, OTHER, Quality
-from batchsvc.metrics import GPU_FAMILIES, GPUCollector, SystemCollector
+from batchsvc.metrics import GPU_FAMILIES, GPUCollector, MemoryBudgetCollector, SystemCollector
 from tests.support.metrics import metric_value, sample_names
 
 SCHEMA = {
@@ -116,6 +116,13 @@ def test_system_readings() -> None:
     assert 0 < metric_value(text, "batchsvc_system_disk_free_ratio", path="/") <= 1
     assert metric_value(text, "batchsvc_system_memory_total_bytes") > 0
     assert 'path="/no/such/path"' not in text
+
+
+def test_memory_budget_readings() -> None:
+    text = scrape(MemoryBudgetCollector(lambda: (1536.0, 16384)))
+    assert metric_value(text, "batchsvc_worker_resident_memory_bytes") == 1536 * 2**20
+    assert metric_value(text, "batchsvc_worker_memory_budget_bytes") == 16384 * 2**20
+    assert "batchsvc_worker_" not in scrape(MemoryBudgetCollector(lambda: None))  # before the first sample
 
 
 def record(message: str) -> logging.LogRecord:
