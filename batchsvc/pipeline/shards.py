@@ -7,9 +7,15 @@ of the shard reads its parts back and sends only the requests not yet answered.
 
 A worker that goes over its memory budget records, as it exits, which of the
 shard's requests the engine held unanswered (MemoryExits). The next start sends
-the others together as usual, then each of those suspects alone, checkpointed one
-by one; a worker going over its budget while one runs alone names it the culprit,
-and the start after that answers it `worker_memory_exceeded` and goes on.
+the others together as usual, then those suspects in groups of about the square
+root of their number, checkpointed group by group; a worker going over its budget
+while a group runs leaves the group's unanswered requests to run alone, one at a
+time, and going over while one runs alone names it the culprit: the start after
+that answers it `worker_memory_exceeded` and goes on. A vLLM engine takes a
+whole shard at once, so for a shard of 1,024 that is three exits and 64 runs of
+suspects (32 groups, then 32 alone), instead of 1,024 runs one by one; an engine
+that takes one request at a time (the instant engine) leaves one suspect, found
+in two exits.
 When all are answered the parts are assembled, in input order, into the shard's
 output object, and a summary is written; the summary is the small pointer the
 shard task returns to the chord.
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import secrets
 import tempfile
 import time
@@ -118,7 +125,7 @@ class ShardRun:
         self.engine_seconds = 0.0  # time this run held the engine
         self.memory = MemoryExits()  # what earlier runs left when their worker went over its memory budget
         self._taken: list[str] = []  # custom_ids the engine has taken from this run, in order
-        self._alone: str | None = None  # the suspect the engine runs by itself now
+        self._unit: list[str] | None = None  # the suspects the engine runs now, apart from the rest
         metrics.SHARD_ATTEMPTS.labels(spec.alias).inc()
 
     def _flush(self) -> None:
@@ -184,12 +191,13 @@ class ShardRun:
 
         reason = StopReason("shard_failed", give_up) if give_up else stop_reason(self.svc.jobs.get(self.job_id))
         if reason is None and engine is not None and todo:
-            suspects = set(self.memory.suspects)
-            together = [r for r in todo if r.custom_id not in suspects]
-            alone = [r for r in todo if r.custom_id in suspects]
-            if alone:
-                log.info("shard %s/%d runs %d of its requests alone, one at a time: the engine held them when "
-                         "a worker went over its memory budget", self.job_id, self.index, len(alone))  # fmt: skip
+            units = self._isolation_units(todo)
+            isolated = {c for unit in units for c in unit}
+            together = [r for r in todo if r.custom_id not in isolated]
+            if units:
+                log.info("shard %s/%d runs %d of its requests apart, in %d runs: the engine held them when a "
+                         "worker went over its memory budget", self.job_id, self.index, len(isolated),
+                         len(units))  # fmt: skip
             self.engine_requests = len(todo)
             engine_started = time.monotonic()
             progress()  # the watchdog's clock starts with the engine
@@ -198,13 +206,13 @@ class ShardRun:
                     if together:
                         reason = self._run_engine(engine, together, by_id, progress, interrupted)
                         self._flush()  # before the suspects: what they may cost is only themselves
-                    for request in alone:
+                    for unit in units:
                         if reason is not None:
                             break
-                        self._alone = request.custom_id
-                        reason = self._run_engine(engine, [request], by_id, progress, interrupted)
-                        self._alone = None
-                        self._flush()  # each suspect is checkpointed before the next one runs
+                        self._unit = unit
+                        reason = self._run_engine(engine, [by_id[c] for c in unit], by_id, progress, interrupted)
+                        self._unit = None
+                        self._flush()  # each unit is checkpointed before the next one runs
                         reason = reason or self._stop
             finally:
                 self.engine_seconds = time.monotonic() - engine_started
@@ -217,6 +225,15 @@ class ShardRun:
         summary = self._assemble(requests)
         metrics.SHARD_DURATION.labels(self.spec.alias).observe(time.monotonic() - started)
         return summary
+
+    def _isolation_units(self, todo: list[EngineRequest]) -> list[list[str]]:
+        """The runs of suspects, apart from the shard's other requests: each to run
+        alone, one at a time, then the other suspects in groups of ~sqrt(their number)."""
+        waiting = {r.custom_id for r in todo}
+        alone = [[c] for c in self.memory.alone if c in waiting]
+        suspects = [c for c in self.memory.suspects if c in waiting and c not in self.memory.alone]
+        size = max(1, math.isqrt(len(suspects) - 1) + 1) if suspects else 1
+        return alone + [suspects[i : i + size] for i in range(0, len(suspects), size)]
 
     def _taking(self, requests: list[EngineRequest]) -> Iterator[EngineRequest]:
         """`requests`, noting each as the engine takes it: what the engine has not
@@ -256,18 +273,19 @@ class ShardRun:
         """The worker is over its memory budget and about to exit (called from the
         memory watch's thread): record what the engine held, so the next start knows."""
         in_flight = [c for c in list(self._taken) if c not in self.done]
-        alone = self._alone
-        after = self.memory.after_exit(in_flight, alone, rss_mb, budget_mb)
+        unit = self._unit
+        after = self.memory.after_exit(in_flight, unit, rss_mb, budget_mb)
         narrows = after.narrows(self.memory)
         self.svc.jobs.record_memory_exit(self.job_id, self.index, after, refund=narrows)
         where = f"shard {self.job_id}/{self.index}"
-        if alone is not None and alone in after.culprits:
+        if unit is not None and len(unit) == 1 and unit[0] in after.culprits:
             return memory_budget.Recorded(
-                f"{where}: request {alone} ran alone, and fails as {memory_budget.CODE}", True
+                f"{where}: request {unit[0]} ran alone, and fails as {memory_budget.CODE}", True
             )
         counted = "" if narrows else " (nothing new: this start counts against shard_max_attempts)"
         held = f"{len(in_flight)} request{'' if len(in_flight) == 1 else 's'} in flight"
-        return memory_budget.Recorded(f"{where}: {held}, each to run alone at the next start{counted}", narrows)
+        then = "each to run alone" if unit is not None else "to run apart from the others, in small groups"
+        return memory_budget.Recorded(f"{where}: {held}, {then} at the next start{counted}", narrows)
 
     def _answer_culprits(self, by_id: dict[str, EngineRequest]) -> None:
         """Answer the requests that took a worker over its budget while they ran alone."""

@@ -191,29 +191,47 @@ _COUNTERS = ("completed", "failed", "prompt_tokens", "completion_tokens")
 @dataclass(frozen=True)
 class MemoryExits:
     """What a shard's runs learnt from workers that went over their memory budget
-    (batchsvc/inference/memory_budget.py): the requests in flight then, each to run
-    alone next time, and the ones in flight alone then, which fail."""
+    (batchsvc/inference/memory_budget.py), narrowing down to the request that did it:
+    the requests in flight then (`suspects`, run next in small groups), those in
+    flight when a worker went over while their group ran (`alone`, run one at a
+    time next), and those in flight alone then (`culprits`, which fail)."""
 
     suspects: tuple[str, ...] = ()
+    alone: tuple[str, ...] = ()
     culprits: dict[str, float] = field(default_factory=dict)  # custom_id -> the worker's RSS (MB) then
     budget_mb: int = 0  # the budget the last exit went over
     exits: int = 0
 
-    def after_exit(self, in_flight: list[str], alone: str | None, rss_mb: float, budget_mb: int) -> MemoryExits:
-        """This record once a worker went over `budget_mb` with `in_flight` unanswered,
-        `alone` being the one it ran by itself, if it ran one so."""
-        if alone is not None and alone in in_flight:
-            culprits = {**self.culprits, alone: round(rss_mb, 1)}
-            suspects = tuple(c for c in self.suspects if c != alone)
+    def after_exit(self, in_flight: list[str], unit: list[str] | None, rss_mb: float, budget_mb: int) -> MemoryExits:
+        """This record once a worker went over `budget_mb` with `in_flight` unanswered
+        while it ran `unit` (a group of suspects, or one alone), or, with None, the
+        shard's other requests."""
+        if unit is not None and len(unit) == 1 and unit[0] in in_flight:
+            (culprit,) = unit
+            return MemoryExits(
+                tuple(c for c in self.suspects if c != culprit),
+                tuple(c for c in self.alone if c != culprit),
+                {**self.culprits, culprit: round(rss_mb, 1)},
+                budget_mb,
+                self.exits + 1,
+            )
+        held = [c for c in dict.fromkeys(in_flight) if c not in self.culprits]
+        if unit is not None:
+            caught = [c for c in held if c in unit]
+            suspects = tuple(c for c in self.suspects if c not in caught)
+            alone = self.alone + tuple(c for c in caught if c not in self.alone)
         else:
-            culprits = self.culprits
-            suspects = self.suspects + tuple(c for c in dict.fromkeys(in_flight) if c not in self.suspects)
-        return MemoryExits(suspects, culprits, budget_mb, self.exits + 1)
+            suspects = self.suspects + tuple(c for c in held if c not in self.suspects and c not in self.alone)
+            alone = self.alone
+        return MemoryExits(suspects, alone, self.culprits, budget_mb, self.exits + 1)
 
     def narrows(self, before: MemoryExits) -> bool:
-        """True when this record knows more than `before`: a culprit, or requests
-        not suspected yet. An exit that teaches nothing counts as a crash."""
-        return len(self.culprits) > len(before.culprits) or len(set(self.suspects) - set(before.suspects)) > 0
+        """True when this record knows more than `before`: a culprit, requests to
+        run alone, or requests not suspected yet. An exit that teaches nothing
+        counts as a crash."""
+        if len(self.culprits) > len(before.culprits) or not set(self.alone) <= set(before.alone):
+            return True
+        return not set(self.suspects) <= set(before.suspects) | set(before.alone)
 
     def to_json(self) -> bytes:
         return orjson.dumps(dataclasses.asdict(self))
@@ -221,7 +239,13 @@ class MemoryExits:
     @classmethod
     def from_json(cls, data: bytes) -> MemoryExits:
         raw = orjson.loads(data)
-        return cls(tuple(raw["suspects"]), dict(raw["culprits"]), int(raw["budget_mb"]), int(raw["exits"]))
+        return cls(
+            tuple(raw["suspects"]),
+            tuple(raw.get("alone", ())),
+            dict(raw["culprits"]),
+            int(raw["budget_mb"]),
+            int(raw["exits"]),
+        )
 
 
 # Compare-and-set on the status field, so two workers can never move a job

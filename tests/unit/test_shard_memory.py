@@ -5,6 +5,7 @@ fault suite does the same with real workers (tests/faults/test_memory_budget.py)
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import time
 from collections.abc import Generator, Iterable
@@ -127,16 +128,64 @@ def test_the_request_that_busts_the_budget_fails_alone(services: Services, insta
     assert set(counts) == set(ids) - {ids[GROWS]}
 
 
-def test_an_exit_that_teaches_nothing_counts_as_a_start() -> None:
-    first = MemoryExits().after_exit(["a", "b"], None, 1200, 1000)
-    assert first.suspects == ("a", "b") and first.narrows(MemoryExits())
-    again = first.after_exit(["b", "a"], None, 1300, 1000)  # the same suspects in flight together
-    assert again.suspects == ("a", "b") and not again.narrows(first) and again.exits == 2
-    found = again.after_exit(["b"], "b", 1400, 1000)
-    assert found.culprits == {"b": 1400} and found.suspects == ("a",) and found.narrows(again)
-    # An exit with the one it ran alone already answered names nobody.
-    assert not found.after_exit([], "a", 1500, 1000).narrows(found)
+def test_each_exit_narrows_the_suspects_down_or_counts_as_a_start() -> None:
+    first = MemoryExits().after_exit(["a", "b", "c"], None, 1200, 1000)
+    assert first.suspects == ("a", "b", "c") and first.narrows(MemoryExits())
+    again = first.after_exit(["c", "a"], None, 1300, 1000)  # nothing new in flight with the others
+    assert again == dataclasses.replace(first, exits=2) and not again.narrows(first)
+    grouped = again.after_exit(["b", "c"], ["b", "c"], 1400, 1000)  # over while the group (b, c) ran
+    assert grouped.suspects == ("a",) and grouped.alone == ("b", "c") and grouped.narrows(again)
+    found = grouped.after_exit(["c"], ["c"], 1500, 1000)
+    assert found.culprits == {"c": 1500} and found.alone == ("b",) and found.narrows(grouped)
+    # An exit after the one it ran alone was answered names nobody.
+    assert not found.after_exit([], ["b"], 1500, 1000).narrows(found)
     assert MemoryExits.from_json(found.to_json()) == found
+    # A record written before `alone` existed still reads.
+    assert MemoryExits.from_json(b'{"suspects": ["a"], "culprits": {}, "budget_mb": 1, "exits": 1}').suspects == ("a",)
+
+
+class _TakesAll(_Budgeted):
+    """Like vLLM: takes the whole run at once, then answers; a GROW_MARKER request
+    among them takes the worker over its budget before any answer."""
+
+    def run(self, requests: Iterable[EngineRequest]) -> Generator[EngineResult, None, None]:
+        taken = list(requests)
+        if any(InstantEngine.GROW_MARKER in instant_prompt(r.body) for r in taken):
+            self.watch.check()
+        yield from self.inner.run(taken)
+
+
+def test_with_an_engine_that_takes_the_whole_shard_groups_then_one_alone(services: Services, instant_log: Path) -> None:
+    requests = instant_requests(SIZE, grow=[GROWS])
+    ids = [r["custom_id"] for r in requests]
+    job_id = running_job(services, requests)
+
+    def start_all(expect_exit: bool) -> None:
+        services.jobs.shard_attempt(job_id, 0)
+        try:
+            run_shard(services, job_id, 0, engine_for=_TakesAll)
+        except _Exited as exited:
+            assert expect_exit and exited.args == (EXIT_REQUEST_BLAMED,)
+        else:
+            assert not expect_exit
+
+    start_all(expect_exit=True)  # all 20 in flight: all suspects
+    assert services.jobs.memory_exits(job_id, 0).suspects == tuple(ids)
+    start_all(expect_exit=True)  # groups of 5: the first answered, the second (5-9) over the budget
+    exits = services.jobs.memory_exits(job_id, 0)
+    # (0-4 stay listed as suspects; they are answered, so the next start skips them)
+    assert exits.alone == tuple(ids[5:10]) and exits.suspects == tuple(ids[:5] + ids[10:])
+    start_all(expect_exit=True)  # 5 and 6 alone, answered; 7 alone, over the budget
+    assert services.jobs.memory_exits(job_id, 0).culprits == {ids[GROWS]: 1500.0}
+    start_all(expect_exit=False)  # 8 and 9 alone, then 10-19 in groups of 4
+    assert services.jobs.shard_attempt(job_id, 0, 0) == 1  # three exits, none counted
+
+    lines = output_lines(services, job_id)
+    assert [line["custom_id"] for line in lines] == ids
+    assert [line["custom_id"] for line in lines if line["response"]["status_code"] != 200] == [ids[GROWS]]
+    counts = answered(instant_log)
+    assert ids[GROWS] not in counts and set(counts) == set(ids) - {ids[GROWS]}
+    assert max(counts.values()) == 1  # nothing was answered before an exit and lost
 
 
 def test_a_suspect_that_runs_alone_within_the_budget_is_answered(services: Services, instant_log: Path) -> None:
