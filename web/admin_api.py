@@ -1,20 +1,36 @@
 """Admin endpoints: API keys and tenant policies. Admin keys only; `batchsvc
-keys ...` and `batchsvc tenants ...` are their command line."""
+keys ...` and `batchsvc tenants ...` are their command line.
+
+The role check and the audit line come before the body is read: a key that may
+not call an endpoint is refused (403) whatever it sent."""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from typing import Any
+
+from flask import current_app, g
 
 from batchsvc.access import Role, check_tenant
-from batchsvc.errors import ErrorType, ServiceError
 from batchsvc.services import Services
-from batchsvc.store.tenants import check_cidrs
+from web.admin_schemas import (
+    OPTIONAL_JSON,
+    Blueprint,
+    CreatedKeySchema,
+    KeyListSchema,
+    KeyQuerySchema,
+    KeySchema,
+    RotatedSecretSchema,
+    RotateSecretBodySchema,
+    TenantSchema,
+    TenantUpdateSchema,
+    tenant_path,
+)
 from web.audit import audited
 from web.auth import requires
-from web.request import json_object
-from web.schemas import CreateKeySchema, RotateSecretSchema, TenantPolicySchema
+from web.openapi import ErrorSchema
+from web.schemas import CreateKeySchema
 
-bp = Blueprint("admin", __name__, url_prefix="/v1")
+bp = Blueprint("admin", __name__, url_prefix="/v1", description="API keys and tenant policies (admin keys)")
 
 
 def services() -> Services:
@@ -24,65 +40,72 @@ def services() -> Services:
 @bp.post("/keys")
 @audited("key_create")
 @requires(Role.ADMIN)
-def create_key() -> tuple[Response, int]:
-    args = CreateKeySchema().load(json_object())
+@bp.arguments(CreateKeySchema)
+@bp.response(201, CreatedKeySchema)
+def create_key(args: dict[str, Any]) -> dict[str, Any]:
+    """A new API key of a tenant, with a role. The answer is the only time the key is shown."""
     record, key = services().keys.create(args["tenant"], Role(args["role"]), args["name"])
     g.audit_target_key_id = record.id
-    # The only time the key is ever shown.
-    return jsonify({**record.public(), "key": key}), 201
+    return {**record.public(), "key": key}
 
 
 @bp.get("/keys")
 @requires(Role.ADMIN)
-def list_keys() -> Response:
-    tenant = request.args.get("tenant")
-    records = services().keys.list(check_tenant(tenant) if tenant else None)
-    return jsonify({"object": "list", "data": [r.public() for r in records]})
+@bp.arguments(KeyQuerySchema, location="query")
+@bp.response(200, KeyListSchema)
+def list_keys(args: dict[str, Any]) -> dict[str, Any]:
+    """Every key (revoked ones too), or one tenant's; never the keys themselves."""
+    records = services().keys.list(args.get("tenant"))
+    return {"object": "list", "data": [r.public() for r in records]}
 
 
 @bp.delete("/keys/<key_id>")
 @audited("key_revoke")
 @requires(Role.ADMIN)
-def revoke_key(key_id: str) -> Response:
+@bp.response(200, KeySchema)
+@bp.alt_response(404, schema=ErrorSchema, description="no key with this id")
+def revoke_key(key_id: str) -> dict[str, Any]:
+    """Revoke a key: refused from the next request on."""
     g.audit_target_key_id = key_id
-    return jsonify(services().keys.revoke(key_id).public())
+    return services().keys.revoke(key_id).public()
 
 
-@bp.get("/tenants/<tenant>")
+@bp.get("/tenants/<tenant>", parameters=tenant_path())
 @requires(Role.ADMIN)
-def get_tenant(tenant: str) -> Response:
+@bp.response(200, TenantSchema)
+@bp.alt_response(422, schema=ErrorSchema, description="not a tenant name")
+def get_tenant(tenant: str) -> dict[str, Any]:
+    """The tenant's effective limits, allowlist and webhook secrets (by date only)."""
     svc = services()
-    return jsonify(svc.tenants.get(check_tenant(tenant)).public(svc.settings))
+    return svc.tenants.get(check_tenant(tenant)).public(svc.settings)
 
 
-@bp.patch("/tenants/<tenant>")
+@bp.patch("/tenants/<tenant>", parameters=tenant_path())
 @audited("tenant_update")
 @requires(Role.ADMIN)
-def update_tenant(tenant: str) -> Response:
+@bp.arguments(TenantUpdateSchema)
+@bp.response(200, TenantSchema)
+def update_tenant(args: dict[str, Any], tenant: str) -> dict[str, Any]:
     """Set any of the tenant's limits and its client IP allowlist; null returns a
     field to the deployment default."""
-    args = TenantPolicySchema().load(json_object())
-    if args.get("ip_allowlist") is not None:
-        args["ip_allowlist"] = check_cidrs(args["ip_allowlist"])
     svc = services()
-    return jsonify(svc.tenants.update(check_tenant(tenant), **args).public(svc.settings))
+    return svc.tenants.update(check_tenant(tenant), **args).public(svc.settings)
 
 
-@bp.post("/tenants/<tenant>/webhook_secret")
+@bp.post("/tenants/<tenant>/webhook_secret", parameters=tenant_path())
 @audited("webhook_secret_rotate")
 @requires(Role.ADMIN)
-def rotate_webhook_secret(tenant: str) -> tuple[Response, int]:
+@bp.arguments(RotateSecretBodySchema, location=OPTIONAL_JSON, required=False)
+@bp.response(201, RotatedSecretSchema)
+def rotate_webhook_secret(args: dict[str, Any], tenant: str) -> dict[str, Any]:
     """A new signing secret for the tenant's webhooks (or the one given). The
-    ones it replaces keep signing for webhook_secret_overlap_s."""
-    args = RotateSecretSchema().load(json_object(optional=True))
+    ones it replaces keep signing for webhook_secret_overlap_s. The answer is the
+    only time the secret is shown."""
     svc = services()
-    try:
-        secret, until = svc.tenants.rotate_webhook_secret(
-            check_tenant(tenant),
-            svc.settings.webhook_secret_overlap_s,
-            args.get("secret"),
-            inherited=svc.settings.webhook_secrets.split(),
-        )
-    except ValueError as exc:
-        raise ServiceError(ErrorType.VALIDATION, str(exc), {"fields": {"secret": [str(exc)]}}) from None
-    return jsonify({"tenant": tenant, "secret": secret, "previous_valid_until": int(until)}), 201
+    secret, until = svc.tenants.rotate_webhook_secret(
+        check_tenant(tenant),
+        svc.settings.webhook_secret_overlap_s,
+        args.get("secret"),
+        inherited=svc.settings.webhook_secrets.split(),
+    )
+    return {"tenant": tenant, "secret": secret, "previous_valid_until": int(until)}

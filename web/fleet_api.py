@@ -4,18 +4,23 @@ any key) and the admin view and hot-swap of workers (`batchsvc workers ...`)."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import current_app
 
 from batchsvc.errors import ErrorType, ServiceError
 from batchsvc.services import Services
 from batchsvc.store.keys import Role
 from batchsvc.store.workers import live_models
 from tasks.names import SWAP_MODEL
+from web.admin_schemas import OPTIONAL_JSON, Blueprint, ModelListSchema, SwapSchema, WorkerListSchema, WorkerSchema
 from web.audit import audited
 from web.auth import requires
+from web.openapi import ErrorSchema
 
-bp = Blueprint("fleet", __name__, url_prefix="/v1")
+bp = Blueprint("fleet", __name__, url_prefix="/v1", description="The model catalogue and the LLM workers")
+
+WORKER_PATH = [{"in": "path", "name": "name", "required": True, "description": "the worker's Celery node name"}]
 
 
 def services() -> Services:
@@ -23,7 +28,8 @@ def services() -> Services:
 
 
 @bp.get("/models")
-def list_models() -> Response:
+@bp.response(200, ModelListSchema)
+def list_models() -> dict[str, Any]:
     """Every alias a job may name. `live_workers` (not in OpenAI's object) names
     the workers whose engine serves the model now; empty means its jobs wait."""
     svc = services()
@@ -39,31 +45,29 @@ def list_models() -> Response:
         }
         for alias in svc.models.aliases()
     ]
-    return jsonify({"object": "list", "data": data})
+    return {"object": "list", "data": data}
 
 
 @bp.get("/admin/workers")
 @requires(Role.ADMIN)
-def list_workers() -> Response:
-    return jsonify({"object": "list", "data": [w.public() for w in services().workers.live()]})
+@bp.response(200, WorkerListSchema)
+def list_workers() -> dict[str, Any]:
+    """The live LLM workers: model, state, current shard, engine load times."""
+    return {"object": "list", "data": [w.public() for w in services().workers.live()]}
 
 
-@bp.post("/admin/workers/<name>/model")
+@bp.post("/admin/workers/<name>/model", parameters=WORKER_PATH)
 @audited("worker_swap")
 @requires(Role.ADMIN)
-def swap_worker_model(name: str) -> tuple[Response, int]:
+@bp.arguments(SwapSchema, location=OPTIONAL_JSON)
+@bp.response(202, WorkerSchema)
+@bp.alt_response(404, schema=ErrorSchema, description="no live LLM worker by this name")
+def swap_worker_model(args: dict[str, Any], name: str) -> dict[str, Any]:
     """Move a live LLM worker to another model without restarting it: it finishes
     its current shard, unloads its engine, loads `model` and consumes that model's
     queue. Answers at once (202); the worker's record shows the swap's progress."""
-    body = request.get_json(silent=True)
-    model = body.get("model") if isinstance(body, dict) else None
+    model = args["model"]
     svc = services()
-    if not isinstance(model, str) or model not in svc.models:
-        raise ServiceError(
-            ErrorType.VALIDATION,
-            f"model must be one of the catalogue's aliases, not {model!r}",
-            {"fields": {"model": [f"one of: {', '.join(svc.models.aliases())}"]}},
-        )
     if svc.workers.get(name) is None:
         raise ServiceError(ErrorType.NOT_FOUND, f"no live LLM worker named {name!r}", {"worker": name})
     requested_at = time.time()
@@ -72,4 +76,4 @@ def swap_worker_model(name: str) -> tuple[Response, int]:
         SWAP_MODEL, arguments={"model": model, "requested_at": requested_at}, destination=[name], reply=False
     )
     record = svc.workers.get(name)
-    return jsonify(record.public() if record else {"name": name}), 202
+    return record.public() if record else {"name": name}
