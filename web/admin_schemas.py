@@ -1,15 +1,16 @@
-"""What the admin and fleet views read and answer (web/admin_api.py,
-web/fleet_api.py), as marshmallow schemas, and the blueprint class they are
-declared with.
+"""What the admin, fleet and backup views read and answer (web/admin_api.py,
+web/fleet_api.py, web/backup_api.py), as marshmallow schemas, and the
+blueprint class they are declared with.
 
 The request bodies of keys and tenant policies are web/schemas.py's; what is
 here adds the checks those views made in Python (a CIDR allowlist normalised, a
-webhook secret that can sign, a model of the catalogue) and describes every
-answer, key by key, as the views build it.
+webhook secret that can sign, a model of the catalogue, a backup key under
+its prefix) and describes every answer, key by key, as the views build it.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from flask import current_app
@@ -17,6 +18,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, post_load, valid
 
 from batchsvc.access import ROLE_NAMES, TENANT_PATTERN, TENANT_RULE
 from batchsvc.outbound import webhooks
+from batchsvc.storage import layout
 from batchsvc.store.tenants import check_cidrs
 from batchsvc.store.workers import WorkerState
 from web import openapi
@@ -199,3 +201,35 @@ class SwapSchema(Schema):
         unknown = RAISE
 
     model = CatalogueModel(required=True, metadata={"description": "an alias of GET /v1/models"})
+
+
+# --- backup ----------------------------------------------------------------------------
+
+
+class RestoreSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    backup = fields.String(
+        load_default=None,
+        allow_none=True,
+        validate=validate.Regexp(
+            f"^{re.escape(layout.BACKUPS_PREFIX)}",
+            error=f"not a backup key: one under {layout.BACKUPS_PREFIX} (as `admin backup` printed it)",
+        ),
+        metadata={"description": "the backup to restore; the latest by default"},
+    )
+
+
+class BackupSchema(Schema):
+    key = fields.String(required=True, metadata={"description": "the backup's key in storage"})
+    keys = fields.Integer(required=True, metadata={"description": "Redis records saved"})
+    jobs = fields.Integer(required=True)
+    created_at = fields.Float(required=True)
+
+
+class RestoreResultSchema(Schema):
+    key = fields.String(required=True)
+    restored = fields.Integer(required=True)
+    skipped = fields.Integer(required=True, metadata={"description": "present already: left alone"})
+    jobs = fields.Integer(required=True, metadata={"description": "jobs among the records restored"})

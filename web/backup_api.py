@@ -5,41 +5,43 @@ daily (`batch.backup`). See batchsvc/pipeline/backup.py."""
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import current_app
 
 from batchsvc.errors import ErrorType, ServiceError
 from batchsvc.pipeline.backup import backup, restore
-from batchsvc.storage import layout
 from batchsvc.storage.base import ObjectNotFound
 from batchsvc.store.keys import Role
+from web.admin_schemas import OPTIONAL_JSON, BackupSchema, Blueprint, RestoreResultSchema, RestoreSchema
 from web.audit import audited
 from web.auth import requires
+from web.openapi import ErrorSchema
 
-bp = Blueprint("backup", __name__, url_prefix="/v1/admin")
+bp = Blueprint("backup", __name__, url_prefix="/v1/admin", description="Backup and restore of the job state")
 
 
 @bp.post("/backup")
 @audited("backup")
 @requires(Role.ADMIN)
-def make_backup() -> tuple[Response, int]:
-    return jsonify(dataclasses.asdict(backup(current_app.extensions["batchsvc"]))), 201
+@bp.response(201, BackupSchema)
+def make_backup() -> dict[str, Any]:
+    """A snapshot of the job state (Redis records) into storage, under backups/state/."""
+    return dataclasses.asdict(backup(current_app.extensions["batchsvc"]))
 
 
 @bp.post("/restore")
 @audited("restore")
 @requires(Role.ADMIN)
-def restore_backup() -> Response:
-    body = request.get_json(silent=True) or {}
-    key = body.get("backup") if isinstance(body, dict) else None
-    if key is not None and (not isinstance(key, str) or not key.startswith(layout.BACKUPS_PREFIX)):
-        raise ServiceError(
-            ErrorType.VALIDATION,
-            f"backup must be a key under {layout.BACKUPS_PREFIX} (as `admin backup` printed it)",
-            {"fields": {"backup": ["not a backup key"]}},
-        )
+@bp.arguments(RestoreSchema, location=OPTIONAL_JSON, required=False)
+@bp.response(200, RestoreResultSchema)
+@bp.alt_response(404, schema=ErrorSchema, description="no such backup (or none at all) in storage")
+def restore_backup(args: dict[str, Any]) -> dict[str, Any]:
+    """Write back every record of a backup (the latest unless `backup`) that Redis
+    lacks; records present are left alone, so it is safe to run twice."""
+    key = args["backup"]
     try:
         done = restore(current_app.extensions["batchsvc"], key)
     except (FileNotFoundError, ObjectNotFound):
         raise ServiceError(ErrorType.NOT_FOUND, "no such backup in storage", {"backup": key}) from None
-    return jsonify(dataclasses.asdict(done))
+    return dataclasses.asdict(done)

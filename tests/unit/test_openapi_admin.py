@@ -1,4 +1,4 @@
-"""The admin and fleet views as declared with flask-smorest: each
+"""The admin, fleet and backup views as declared with flask-smorest: each
 operation in /openapi.json with its parameters, body and answer; the real answers
 conform to those schemas and keep every key the views build (the secrets shown
 once included, and none added to a listing); the checks that moved into schemas
@@ -6,6 +6,7 @@ answer 422 naming the field, and only after the role check."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -19,6 +20,7 @@ from openapi_spec_validator import validate
 from werkzeug.test import TestResponse
 
 from batchsvc.access import TENANT_PATTERN, Role
+from batchsvc.pipeline.backup import backup, restore
 from batchsvc.services import Services
 from batchsvc.store.workers import WorkerRecord, WorkerState
 from tests.support.client import client_of, error_of
@@ -35,6 +37,8 @@ OPERATIONS = [
     ("get", "/v1/models", "200", "ModelList", None),
     ("get", "/v1/admin/workers", "200", "WorkerList", None),
     ("post", "/v1/admin/workers/{name}/model", "202", "Worker", "Swap"),
+    ("post", "/v1/admin/backup", "201", "Backup", None),
+    ("post", "/v1/admin/restore", "200", "RestoreResult", "Restore"),
 ]
 
 
@@ -93,6 +97,7 @@ def test_the_document_is_valid_and_declares_every_admin_operation(document: dict
 def test_bodies_that_may_be_left_out_are_documented_as_optional(document: dict[str, Any]) -> None:
     paths = document["paths"]
     assert paths["/v1/tenants/{tenant}/webhook_secret"]["post"]["requestBody"]["required"] is False
+    assert paths["/v1/admin/restore"]["post"]["requestBody"]["required"] is False
     assert paths["/v1/admin/workers/{name}/model"]["post"]["requestBody"]["required"] is True
     assert paths["/v1/keys"]["post"]["requestBody"]["required"] is True
 
@@ -107,6 +112,7 @@ def test_parameters_are_documented_with_their_rules(document: dict[str, Any]) ->
     schemas = document["components"]["schemas"]
     assert schemas["CreateKey"]["properties"]["role"]["enum"] == ["viewer", "submitter", "admin"]
     assert schemas["Swap"]["required"] == ["model"]
+    assert schemas["Restore"]["properties"]["backup"]["pattern"] == "^backups/state/"
     assert schemas["Worker"]["properties"]["state"]["enum"] == ["starting", "loading", "idle", "busy", "swapping"]
 
 
@@ -145,6 +151,9 @@ def test_every_admin_answer_conforms_to_its_documented_schema(
     call("get", "/v1/admin/workers", "/v1/admin/workers", 200)
     body = {"model": "tiny-random-2k"}
     call("post", "/v1/admin/workers/{name}/model", "/v1/admin/workers/llm-gpu0@host/model", 202, json=body)
+    made_backup = call("post", "/v1/admin/backup", "/v1/admin/backup", 201)
+    call("post", "/v1/admin/restore", "/v1/admin/restore", 200)
+    call("post", "/v1/admin/restore", "/v1/admin/restore", 200, json={"backup": made_backup["key"]})
 
 
 def test_the_response_schemas_write_every_key_the_views_build(app: Flask, services: Services) -> None:
@@ -160,6 +169,9 @@ def test_the_response_schemas_write_every_key_the_views_build(app: Flask, servic
     for shown in (busy, swapped, WorkerRecord(name="new@host")):
         assert dumps_unchanged(admin_schemas.WorkerSchema(), shown.public())
     assert dumps_unchanged(admin_schemas.WorkerSchema(), {"name": "gone@host"})  # the swap's answer once it left
+    made = backup(services)
+    assert dumps_unchanged(admin_schemas.BackupSchema(), dataclasses.asdict(made))
+    assert dumps_unchanged(admin_schemas.RestoreResultSchema(), dataclasses.asdict(restore(services, made.key)))
 
 
 def test_a_created_key_and_a_rotated_secret_are_shown_once_and_never_listed(admin: FlaskClient) -> None:
@@ -186,6 +198,21 @@ def test_a_misspelt_keys_parameter_is_a_422_not_every_tenant_s_keys(admin: Flask
     assert error["details"]["fields"] == {"tenat": ["Unknown field."]}
     error = error_of(admin.get("/v1/keys?tenant=Not%20A%20Tenant"), 422, "validation_error")
     assert list(error["details"]["fields"]) == ["tenant"]
+
+
+def test_a_restore_with_a_misspelt_field_restores_nothing(admin: FlaskClient, services: Services) -> None:
+    """Before the schema, any body without `backup` restored the latest backup."""
+    services.tenants.update("acme", max_active_jobs=7)
+    assert admin.post("/v1/admin/backup").status_code == 201
+    services.tenants.update("acme", max_active_jobs=None)  # gone from Redis: a restore would bring it back
+    for body in ({"backups": "backups/state/x.json.gz"}, {"backup": 3}, {"backup": "etc/passwd"}):
+        error = error_of(admin.post("/v1/admin/restore", json=body), 422, "validation_error")
+        assert list(error["details"]["fields"]) == list(body), body
+    for text in (b"backup=latest", b"[]"):
+        error_of(admin.post("/v1/admin/restore", data=text, content_type="application/json"), 400, "invalid_request")
+    assert services.tenants.get("acme").max_active_jobs is None
+    assert admin.post("/v1/admin/restore").get_json()["restored"] == 1  # the empty body: the latest
+    assert services.tenants.get("acme").max_active_jobs == 7
 
 
 def test_a_swap_body_is_checked_by_its_schema(admin: FlaskClient, services: Services) -> None:
@@ -225,6 +252,7 @@ def test_a_tenant_allowlist_is_normalised_or_refused_by_its_schema(admin: FlaskC
         ("patch", "/v1/tenants/acme", {"max_active_jobs": "many"}),
         ("post", "/v1/tenants/acme/webhook_secret", {"secret": 3}),
         ("post", "/v1/admin/workers/llm-gpu0@host/model", {"model": "gpt-17"}),
+        ("post", "/v1/admin/restore", {"backup": "etc/passwd"}),
     ],
 )
 def test_a_key_without_the_admin_role_is_refused_before_its_body_is_read(
@@ -239,9 +267,11 @@ def test_a_body_refused_by_its_schema_is_still_audited(admin: FlaskClient, caplo
     caplog.set_level(logging.INFO, logger="batchsvc.audit")
     error_of(admin.patch("/v1/tenants/acme", json={"rate_limit": "lots"}), 422, "validation_error")
     error_of(admin.post("/v1/admin/workers/nobody@host/model", json={"modle": "x"}), 422, "validation_error")
+    error_of(admin.post("/v1/admin/restore", json={"backup": "etc/passwd"}), 422, "validation_error")
     lines = [orjson.loads(r.getMessage()) for r in caplog.records if r.name == "batchsvc.audit"]
     assert [(r["audit"], r["status"], r["outcome"]) for r in lines] == [
         ("tenant_update", 422, "error"),
         ("worker_swap", 422, "error"),
+        ("restore", 422, "error"),
     ]
     assert lines[0]["target_tenant"] == "acme"
