@@ -57,7 +57,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     settings = make_settings(tmp, shard_size=SHARD_SIZE, **unique_names())
     stack = Stack(settings, tmp, llm_models=[A])
     second = Worker(
-        "llm2", [f"{settings.llm_queue_prefix}.{B}"], {**stack.llm.env, "BATCHSVC_PRELOAD_MODEL": B}, tmp, []
+        "llm2",
+        [f"{settings.llm_queue_prefix}.{B}"],
+        {**stack.llm.env, "BATCHSVC_PRELOAD_MODEL": B},
+        tmp,
+        [],
+        host=stack.llm.host,
     )
     stack.extra_workers.append(second)
     try:
@@ -117,7 +122,7 @@ def test_jobs_for_two_models_run_side_by_side_each_on_its_models_worker(stack: S
     assert prompt_tokens(out_a) != prompt_tokens(out_b)
     ran = {name: stack.services.workers.shards_of(name) for name in records(stack)}
     assert {(job_of(s), m) for s, m, _ in ran[stack.llm.nodename] if job_of(s) in (job_a, job_b)} == {(job_a, A)}
-    assert {(job_of(s), m) for s, m, _ in ran["llm2@test"] if job_of(s) in (job_a, job_b)} == {(job_b, B)}
+    assert {(job_of(s), m) for s, m, _ in ran[f"llm2@{stack.llm.host}"] if job_of(s) in (job_a, job_b)} == {(job_b, B)}
 
 
 def test_the_openai_client_lists_the_catalogue_and_the_live_workers(stack: Stack) -> None:
@@ -127,7 +132,7 @@ def test_the_openai_client_lists_the_catalogue_and_the_live_workers(stack: Stack
     assert all(m.object == "model" and m.owned_by == "batchsvc" for m in models.values())
     # Fields beyond OpenAI's stay readable on the client's objects.
     assert models[A].model_extra["live_workers"] == [stack.llm.nodename]
-    assert models[B].model_extra["live_workers"] == ["llm2@test"]
+    assert models[B].model_extra["live_workers"] == [f"llm2@{stack.llm.host}"]
     assert models["instant-test"].model_extra["live_workers"] == []
 
 
@@ -149,7 +154,7 @@ def test_a_worker_swaps_models_while_shards_of_both_are_queued_and_nothing_is_lo
     stack: Stack, capsys: pytest.CaptureFixture[str]
 ) -> None:
     admin = keyed_client(stack.app, grant(stack.app, role=Role.ADMIN))
-    first, second = stack.llm.nodename, "llm2@test"
+    first, second = stack.llm.nodename, f"llm2@{stack.llm.host}"
     loads = {w.model: w.engine_load_s for w in records(stack).values()}
     job_a, lines_a = submit(stack, "swap-a", A, 40 * SHARD_SIZE)
     job_b, lines_b = submit(stack, "swap-b", B, 40 * SHARD_SIZE)

@@ -67,11 +67,16 @@ def stop_group(process: subprocess.Popen[bytes] | None, timeout: float = 30) -> 
 
 
 class Worker:
-    def __init__(self, name: str, queues: list[str], env: dict[str, str], log_dir: Path, extra: list[str]):
+    def __init__(
+        self, name: str, queues: list[str], env: dict[str, str], log_dir: Path, extra: list[str], host: str = "test"
+    ):
         self.name = name
         self.queues = queues
         self.env = env
         self.log_path = log_dir / f"{name}.log"
+        # Remote control (a model swap, a shutdown) goes to a node name through the broker,
+        # which stacks running at once share: each stack's names are its own.
+        self.host = host
         self.extra = extra
         self.process: subprocess.Popen[bytes] | None = None
         self._log_start = 0  # where this start's lines begin in the (appended) log
@@ -82,7 +87,7 @@ class Worker:
 
     @property
     def nodename(self) -> str:
-        return f"{self.name}@test"
+        return f"{self.name}@{self.host}"
 
     def start(self) -> None:
         log = self.log_path.open("ab")
@@ -145,9 +150,9 @@ class Stack:
         self.log_dir = log_dir
         env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
         llm_queues = [f"{settings.llm_queue_prefix}.{m}" for m in llm_models]
-        self.cpu = Worker("cpu", [settings.cpu_queue], env, log_dir, [])
+        self.cpu = Worker("cpu", [settings.cpu_queue], env, log_dir, [], host=settings.redis_prefix)
         llm_env = {**env, "BATCHSVC_PRELOAD_MODEL": llm_models[0], **(llm_env or {})}
-        self.llm = Worker("llm", llm_queues, llm_env, log_dir, [])
+        self.llm = Worker("llm", llm_queues, llm_env, log_dir, [], host=settings.redis_prefix)
         self.extra_workers: list[Worker] = []
         from web import create_app
 
@@ -161,7 +166,7 @@ class Stack:
     def add_worker(self, name: str, like: Worker) -> Worker:
         """Another worker on the queues and environment of `like` (a second CPU or
         LLM worker); the caller starts it, stop() stops it."""
-        worker = Worker(name, like.queues, like.env, self.log_dir, like.extra)
+        worker = Worker(name, like.queues, like.env, self.log_dir, like.extra, host=like.host)
         self.extra_workers.append(worker)
         return worker
 
