@@ -141,6 +141,23 @@ class Settings:
     # (batchsvc/inference/grammar_budget.py); past it, that request alone fails.
     grammar_compile_timeout_s: float = 10.0
     grammar_compile_memory_mb: int = 2048
+    # What one job may spend compiling grammars in all, summed over its shards and
+    # workers (in Redis); once spent, its further schemas that no verdict is kept for
+    # fail at once (job_grammar_budget_exceeded); a compile is cut at what is left. 60 s
+    # is six schemas that each spend the whole 10 s budget above, while an ordinary
+    # schema compiles in milliseconds (1-27 ms measured for 2-20 properties with the
+    # tiny model's 2,403-token vocabulary; a large vocabulary costs more), so a job
+    # sending each request its own ordinary schema keeps within it for thousands of
+    # them. It bounds the worker time one job can take with pathological schemas,
+    # whatever its size; raise it for jobs of many distinct large schemas. 0: no limit.
+    grammar_job_budget_s: float = 60.0
+    # A shard that has compiled grammars for this long in one run yields its worker
+    # before its next compile when another shard waits in its queue: it checkpoints,
+    # goes back to the end of the queue (not counted as a start) and resumes there, so
+    # a job of many slow schemas delays the job behind it by about this plus one
+    # compile (grammar_compile_timeout_s), not by all its compiles. Each run compiles
+    # at least one schema. 0: never yields.
+    grammar_yield_after_s: float = 5.0
     # The resident memory an LLM worker's process tree (the worker, vLLM's engine
     # core, the grammar compiler child) may hold, in MB; past it the worker exits to
     # be restarted, and the request that did it fails alone (worker_memory_exceeded;

@@ -82,6 +82,11 @@ def queue_depth(job: Job) -> int:
     """Messages waiting in the queue this job's next step would be in."""
     svc = current_services()
     queue = llm_queue(svc.settings, job.model) if job.status is JobStatus.IN_PROGRESS else svc.settings.cpu_queue
+    return _waiting_in(queue)
+
+
+def _waiting_in(queue: str) -> int:
+    """Messages waiting in `queue`, of every priority."""
     with app.connection_for_read() as conn:
         client = conn.default_channel.client
         return sum(int(client.llen(key)) for key in queue_keys(queue))
@@ -146,12 +151,22 @@ def shard(self: BatchTask, job_id: str, index: int, tenant: str = DEFAULT_TENANT
                 log.error("shard %s/%d started %d times; giving up its remaining requests", job_id, index, attempt - 1)
                 return give_up_shard(svc, job_id, index, f"shard failed {attempt - 1} times").to_dict()
             # A worker over its memory budget exits: its lease lapses at once, not after lease_ttl_s.
+            # A shard that has compiled grammars for grammar_yield_after_s makes way for one
+            # waiting in its queue (ShardInterrupted below); asked only then, before a compile.
+            queue = delivery.get("routing_key") or llm_queue(svc.settings, svc.jobs.get(job_id).model)
             with memory_budget.exposed(lambda rss_mb, budget_mb: beat.lapse()):
-                return run_shard(svc, job_id, index, progress=beat.progress, interrupted=shutting_down).to_dict()
+                return run_shard(
+                    svc,
+                    job_id,
+                    index,
+                    progress=beat.progress,
+                    interrupted=shutting_down,
+                    waiting=lambda: _waiting_in(queue) > 0,
+                ).to_dict()
         except ShardInterrupted:
-            # The worker is shutting down (SIGTERM): the checkpoint is written, so the
-            # shard goes back to the queue now, as the same message, for the next worker.
-            # Not the shard's fault: the start does not count.
+            # The worker is shutting down (SIGTERM), or the shard yields it to a shard that
+            # waits: the checkpoint is written, so the shard goes back to the end of its queue
+            # now, as the same message. Not the shard's fault: the start does not count.
             _refund(svc, job, index)
             raise self.retry(countdown=0) from None
         except TRANSIENT as exc:

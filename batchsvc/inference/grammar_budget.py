@@ -9,6 +9,13 @@ that compiled within the budget costs the engine the same again, so the engine's
 own compile of it is bounded too. Verdicts are kept per schema, so a shard of
 many requests with one schema pays for one check.
 
+A shard also gives its compiles an Allowance (`allowed`): its job may spend so
+many compile seconds in all, across its shards and workers, after which the
+job's further uncached schemas fail at once (`job_grammar_budget_exceeded`;
+a compile that would outlast what is left is cut there), and one run of the
+shard that has compiled for long enough yields the worker to a shard waiting
+behind it (YieldWorker) before it starts another compile.
+
 The child is started once and kept (a compile costs only the compile); it is
 started again after it was killed. Run as a module it is that child.
 """
@@ -37,6 +44,7 @@ import orjson
 log = logging.getLogger(__name__)
 
 CODE = "grammar_budget_exceeded"
+JOB_CODE = "job_grammar_budget_exceeded"
 _READY, _OK = b"ready\n", b"ok\n"
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 # xgrammar prefixes its messages with a time and its own source location.
@@ -73,13 +81,71 @@ def interruptible(stop: Callable[[], str | None]) -> Iterator[None]:
         _stop.reset(token)
 
 
+class YieldWorker(Exception):
+    """The shard running now has compiled for its share of the worker and another
+    shard waits: it stops before its next compile and goes back to its queue."""
+
+
+@dataclass
+class Allowance:
+    """The compile time the shard running now may spend. Its job may spend
+    `job_budget_s` in all (0: no limit): `spend(seconds)` adds to the job's total,
+    wherever its shards run, and returns the new total (`spend(0)` reads it). One
+    run of the shard yields the worker once it has compiled for `yield_after_s`
+    (0: never) and `waiting()` says another shard waits, before its next compile:
+    so each run compiles at least one schema, and the job makes progress."""
+
+    job_budget_s: float
+    yield_after_s: float
+    spend: Callable[[float], float]
+    waiting: Callable[[], bool]
+    run_s: float = 0.0  # compile seconds of this run
+    compiles: int = 0  # compiles this run started
+    job_s: float | None = None  # the job's total, as of this run's last spend
+
+    def left(self) -> float:
+        """Compile seconds the job has left (inf without a job budget)."""
+        if self.job_budget_s <= 0:
+            return float("inf")
+        if self.job_s is None:
+            self.job_s = self.spend(0.0)
+        return self.job_budget_s - self.job_s
+
+    def must_yield(self) -> bool:
+        return 0 < self.yield_after_s <= self.run_s and self.compiles > 0 and self.waiting()
+
+    def spent(self, seconds: float) -> None:
+        self.run_s += seconds
+        self.compiles += 1
+        self.job_s = self.spend(seconds)
+
+    def refusal(self, while_compiling: bool) -> str:
+        budget = f"its job's grammar compile budget of {self.job_budget_s:g} s (grammar_job_budget_s)"
+        return f"{budget} ran out while its grammar compiled" if while_compiling else f"{budget} is spent"
+
+
+_allowance: ContextVar[Allowance | None] = ContextVar("grammar_allowance", default=None)
+
+
+@contextmanager
+def allowed(allowance: Allowance) -> Iterator[None]:
+    """Account the compiles that run inside this block to `allowance`."""
+    token = _allowance.set(allowance)
+    try:
+        yield
+    finally:
+        _allowance.reset(token)
+
+
 @dataclass
 class Verdict:
     ok: bool
     reason: str = ""
     seconds: float = 0.0
     peak_mb: float = 0.0
-    stopped: str | None = None  # the stop's code, when a stop interrupted the compile
+    # Set when what ended the compile was no verdict on the schema, and then not kept:
+    # the code of a stop that interrupted it, or JOB_CODE when its job's budget ran out.
+    stopped: str | None = None
 
 
 class Compiler:
@@ -98,7 +164,19 @@ class Compiler:
         if key in self._verdicts:
             self._verdicts.move_to_end(key)
             return self._verdicts[key]
-        verdict = self._compile(data)
+        allowance = _allowance.get()
+        seconds, cut = self.budget.seconds, None
+        if allowance is not None:
+            left = allowance.left()
+            if left <= 0:
+                return Verdict(False, allowance.refusal(while_compiling=False), stopped=JOB_CODE)
+            if allowance.must_yield():
+                raise YieldWorker(f"compiled for {allowance.run_s:.1f} s in this run, and another shard waits")
+            if left < seconds:
+                seconds, cut = left, allowance.refusal(while_compiling=True)
+        verdict = self._compile(data, seconds, cut)
+        if allowance is not None and verdict is not None:
+            allowance.spent(verdict.seconds)
         if verdict is not None and verdict.stopped is None:  # None: the child could not start
             self._verdicts[key] = verdict
             while len(self._verdicts) > 1024:
@@ -132,7 +210,9 @@ class Compiler:
             return None
         return child
 
-    def _compile(self, data: bytes) -> Verdict | None:
+    def _compile(self, data: bytes, seconds: float, cut: str | None) -> Verdict | None:
+        """Compile within `seconds`; past them, `cut` is the reason, when they are
+        less than the budget's (what the job had left), and the verdict is not kept."""
         if self._child is None or self._child.poll() is not None:
             self._child = self._start()
             if self._child is None:
@@ -163,8 +243,10 @@ class Compiler:
             if peak > self.budget.memory_mb:
                 self._kill(child)
                 return Verdict(False, f"compiling its grammar took more than {self.budget.memory_mb} MB", elapsed, peak)
-            if elapsed > self.budget.seconds:
+            if elapsed > seconds:
                 self._kill(child)
+                if cut is not None:
+                    return Verdict(False, cut, elapsed, peak, JOB_CODE)
                 return Verdict(
                     False, f"compiling its grammar took longer than {self.budget.seconds:g} s", elapsed, peak
                 )

@@ -16,6 +16,13 @@ whole shard at once, so for a shard of 1,024 that is three exits and 64 runs of
 suspects (32 groups, then 32 alone), instead of 1,024 runs one by one; an engine
 that takes one request at a time (the instant engine) leaves one suspect, found
 in two exits.
+
+A run that has compiled grammars for `grammar_yield_after_s` yields the worker
+before its next compile when another shard waits: it checkpoints and raises
+ShardInterrupted, the requests it had handed the engine are aborted, and the
+next run (at the end of the queue) sends them again; its compiles count against
+the job's `grammar_job_budget_s` (batchsvc/inference/grammar_budget.py).
+
 When all are answered the parts are assembled, in input order, into the shard's
 output object, and a summary is written; the summary is the small pointer the
 shard task returns to the chord.
@@ -36,7 +43,7 @@ import orjson
 from batchsvc import metrics
 from batchsvc.inference import memory_budget, outputs
 from batchsvc.inference.engine import Engine, EngineRequest, EngineResult, get_engine
-from batchsvc.inference.grammar_budget import interruptible
+from batchsvc.inference.grammar_budget import Allowance, YieldWorker, allowed, interruptible
 from batchsvc.inference.models import ModelSpec
 from batchsvc.inference.quality import Quality
 from batchsvc.pipeline.lifecycle import StopReason, stop_reason
@@ -50,8 +57,8 @@ log = logging.getLogger(__name__)
 
 
 class ShardInterrupted(Exception):
-    """The worker is shutting down: the shard stopped at a checkpoint it wrote,
-    and its next run resumes from there."""
+    """The worker is shutting down, or the shard yields it to a shard that waits:
+    the shard stopped at a checkpoint it wrote, and its next run resumes from there."""
 
 
 def _never() -> bool:
@@ -169,13 +176,16 @@ class ShardRun:
         *,
         progress: Callable[[], None] = _nothing,
         interrupted: Callable[[], bool] = _never,
+        waiting: Callable[[], bool] = _never,
     ) -> ShardSummary:
         """Answer the requests the checkpoints do not hold yet: with `engine`, or,
         when `give_up` says why, as error lines, so the job can still finish.
         A cancel or an expiry seen at a checkpoint stops the engine the same way.
         `progress` is told of every result (the hung-engine watchdog); when
         `interrupted()` turns true, the shard writes its checkpoint and raises
-        ShardInterrupted."""
+        ShardInterrupted. So it does too, before a grammar compile, once this run
+        has compiled for grammar_yield_after_s and `waiting()` says another shard
+        waits for the worker."""
         started = time.monotonic()
         requests = read_shard_requests(self.storage, self.job, self.index)
         self.done, self._next_part = read_checkpoint(self.storage, self.job, self.index)
@@ -201,8 +211,15 @@ class ShardRun:
             self.engine_requests = len(todo)
             engine_started = time.monotonic()
             progress()  # the watchdog's clock starts with the engine
+            settings = self.svc.settings
+            allowance = Allowance(
+                settings.grammar_job_budget_s,
+                settings.grammar_yield_after_s,
+                spend=lambda seconds: self.svc.jobs.add_compile_seconds(self.job_id, seconds),
+                waiting=waiting,
+            )
             try:
-                with memory_budget.exposed(self._over_budget), interruptible(self._stop_code):
+                with memory_budget.exposed(self._over_budget), interruptible(self._stop_code), allowed(allowance):
                     if together:
                         reason = self._run_engine(engine, together, by_id, progress, interrupted)
                         self._flush()  # before the suspects: what they may cost is only themselves
@@ -265,6 +282,11 @@ class ShardRun:
                     raise ShardInterrupted(f"{self.job_id}/{self.index}")
                 if self._stop is not None:
                     return self._stop
+        except YieldWorker as exc:  # raised before a compile, out of the engine, which aborted what it held
+            self._flush()
+            log.info("shard %s/%d yields the worker at %d done (%s); checkpoint written, back to the queue",
+                     self.job_id, self.index, len(self.done), exc)  # fmt: skip
+            raise ShardInterrupted(f"{self.job_id}/{self.index}") from None
         finally:
             results.close()  # aborts what the engine still holds of this shard
         return None
@@ -372,13 +394,14 @@ def run_shard(
     *,
     progress: Callable[[], None] = _nothing,
     interrupted: Callable[[], bool] = _never,
+    waiting: Callable[[], bool] = _never,
 ) -> ShardSummary:
     """Run a shard to completion, or return the summary of an earlier finished run
-    (see ShardRun.execute for `progress` and `interrupted`)."""
+    (see ShardRun.execute for `progress`, `interrupted` and `waiting`)."""
     run = _shard_run(svc, job_id, index)
     if isinstance(run, ShardSummary):
         return run
-    return run.execute(engine_for(run.spec), progress=progress, interrupted=interrupted)
+    return run.execute(engine_for(run.spec), progress=progress, interrupted=interrupted, waiting=waiting)
 
 
 def finish_reused_shards(svc: Services, manifest: Manifest) -> list[int]:

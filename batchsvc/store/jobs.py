@@ -5,6 +5,7 @@ Keys (all under the settings' `redis_prefix`):
     {p}:job:{id}:progress  hash, "{shard}:{counter}" -> absolute count for that shard
     {p}:job:{id}:attempts  hash, shard -> starts counted against shard_max_attempts
     {p}:job:{id}:memory    hash, shard -> MemoryExits as JSON (the worker memory budget)
+    {p}:job:{id}:compile_s seconds its shards spent compiling grammars (grammar_job_budget_s)
     {p}:jobs               sorted set, job id scored by created_at (listing, newest first)
     {p}:active             set of the jobs not yet in a terminal status
     {p}:t:{tenant}:jobs    the same index, and the same set as
@@ -484,6 +485,13 @@ class JobStore(PagedIndex[Job]):
         if refund:
             pipe.hincrby(f"{self._key(job_id)}:attempts", str(shard), -1)
         pipe.execute()
+
+    def add_compile_seconds(self, job_id: str, seconds: float) -> float:
+        """Add `seconds` to what the job's shards spent compiling grammars, on any
+        worker, and return the new total (`seconds` 0 reads it)."""
+        if not seconds:
+            return float(self.redis.get(f"{self._key(job_id)}:compile_s") or 0)
+        return float(self.redis.incrbyfloat(f"{self._key(job_id)}:compile_s", seconds))
 
     def shards_started(self, job_id: str) -> int:
         """How many of a job's shards some worker has begun (the rest wait in a queue)."""
