@@ -19,6 +19,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, post_load, valid
 from batchsvc.access import ROLE_NAMES, TENANT_PATTERN, TENANT_RULE
 from batchsvc.outbound import webhooks
 from batchsvc.storage import layout
+from batchsvc.storage.base import check_key
 from batchsvc.store.tenants import check_cidrs
 from batchsvc.store.workers import WorkerState
 from web import openapi
@@ -206,6 +207,13 @@ class SwapSchema(Schema):
 # --- backup ----------------------------------------------------------------------------
 
 
+def _storage_key(key: str) -> None:
+    try:
+        check_key(key)
+    except ValueError:
+        raise ValidationError("not a key storage can hold") from None
+
+
 class RestoreSchema(Schema):
     class Meta:
         unknown = RAISE
@@ -213,10 +221,15 @@ class RestoreSchema(Schema):
     backup = fields.String(
         load_default=None,
         allow_none=True,
-        validate=validate.Regexp(
-            f"^{re.escape(layout.BACKUPS_PREFIX)}",
-            error=f"not a backup key: one under {layout.BACKUPS_PREFIX} (as `admin backup` printed it)",
-        ),
+        # One object right under the prefix, and a key storage accepts: a folder, an empty
+        # segment or ".." would reach storage as a key it refuses (a 500, found by schemathesis).
+        validate=[
+            validate.Regexp(
+                f"^{re.escape(layout.BACKUPS_PREFIX)}[^/]+$",
+                error=f"not a backup key: one under {layout.BACKUPS_PREFIX} (as `admin backup` printed it)",
+            ),
+            _storage_key,
+        ],
         metadata={"description": "the backup to restore; the latest by default"},
     )
 

@@ -200,6 +200,17 @@ def test_a_misspelt_keys_parameter_is_a_422_not_every_tenant_s_keys(admin: Flask
     assert list(error["details"]["fields"]) == ["tenant"]
 
 
+def test_schemathesis_finding_a_restore_of_no_single_backup_object_is_a_422_not_a_500(
+    admin: FlaskClient, services: Services
+) -> None:
+    """schemathesis sent {"backup": "backups/state/"}: the prefix matched, and storage then
+    refused the key with a ValueError, a 500. Folders, '..' and empty segments are 422s."""
+    assert admin.post("/v1/admin/backup").status_code == 201
+    for key in ("backups/state/", "backups/state/..", "backups/state//x", "backups/state/a/b", "backups/state/."):
+        error = error_of(admin.post("/v1/admin/restore", json={"backup": key}), 422, "validation_error")
+        assert list(error["details"]["fields"]) == ["backup"], key
+
+
 def test_a_restore_with_a_misspelt_field_restores_nothing(admin: FlaskClient, services: Services) -> None:
     """Before the schema, any body without `backup` restored the latest backup."""
     services.tenants.update("acme", max_active_jobs=7)
