@@ -112,7 +112,7 @@ def test_parameters_are_documented_with_their_rules(document: dict[str, Any]) ->
     schemas = document["components"]["schemas"]
     assert schemas["CreateKey"]["properties"]["role"]["enum"] == ["viewer", "submitter", "admin"]
     assert schemas["Swap"]["required"] == ["model"]
-    assert schemas["Restore"]["properties"]["backup"]["pattern"] == "^backups/state/"
+    assert schemas["Restore"]["properties"]["backup"]["pattern"] == "^backups/state/[^/]+$"
     assert schemas["Worker"]["properties"]["state"]["enum"] == ["starting", "loading", "idle", "busy", "swapping"]
 
 
