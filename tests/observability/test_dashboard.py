@@ -4,6 +4,7 @@ that Prometheus saw while scraping a stack through a real job."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 
 import orjson
@@ -12,6 +13,7 @@ import requests
 from batchsvc.metrics import GPU_FAMILIES
 from batchsvc.settings import PROJECT_ROOT
 from tests.observability.conftest import FinishedJob, Watched
+from tests.support.stack import wait_until
 
 DASHBOARD = PROJECT_ROOT / "configs" / "grafana" / "dashboards" / "batchsvc.json"
 # Grafana's variables, as Grafana would substitute them before asking Prometheus.
@@ -51,8 +53,6 @@ def test_it_has_every_section_the_issue_asks_for() -> None:
 
 
 def test_every_query_parses_and_names_metrics_prometheus_saw(watched: Watched, finished_job: FinishedJob) -> None:
-    watched.wait_for('batchsvc_jobs_finished_total{status="completed"}')  # the job's figures are in
-    seen = set(requests.get(f"{watched.prometheus}/api/v1/label/__name__/values", timeout=10).json()["data"])
     named: set[str] = set()
     for expr in expressions():
         query = expr
@@ -61,5 +61,15 @@ def test_every_query_parses_and_names_metrics_prometheus_saw(watched: Watched, f
         response = requests.get(f"{watched.prometheus}/api/v1/query", params={"query": query}, timeout=10)
         assert response.json()["status"] == "success", (expr, response.json())
         named |= set(METRIC.findall(expr))
-    assert named - GPU_ONLY <= seen, sorted(named - GPU_ONLY - seen)
     assert named & GPU_ONLY == GPU_ONLY  # every GPU reading has a panel
+
+    def names_seen() -> set[str]:
+        response = requests.get(f"{watched.prometheus}/api/v1/label/__name__/values", timeout=10)
+        return set(response.json()["data"])
+
+    # Three targets scraped each second: the LLM worker's series can land a few
+    # scrapes after the cpu worker's (CI stop 18 asserted between the two).
+    needed = named - GPU_ONLY
+    with contextlib.suppress(TimeoutError):  # the assertion below names what is missing
+        wait_until(lambda: needed <= names_seen(), 60, interval=1, what="Prometheus to see every named metric")
+    assert needed <= names_seen(), sorted(needed - names_seen())
