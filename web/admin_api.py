@@ -27,7 +27,6 @@ from web.admin_schemas import (
 )
 from web.audit import audited
 from web.auth import requires
-from web.openapi import ErrorSchema
 from web.schemas import CreateKeySchema
 
 bp = Blueprint("admin", __name__, url_prefix="/v1", description="API keys and tenant policies (admin keys)")
@@ -63,7 +62,7 @@ def list_keys(args: dict[str, Any]) -> dict[str, Any]:
 @audited("key_revoke")
 @requires(Role.ADMIN)
 @bp.response(200, KeySchema)
-@bp.alt_response(404, schema=ErrorSchema, description="no key with this id")
+@bp.error(404, "no key with this id")
 def revoke_key(key_id: str) -> dict[str, Any]:
     """Revoke a key: refused from the next request on."""
     g.audit_target_key_id = key_id
@@ -73,7 +72,7 @@ def revoke_key(key_id: str) -> dict[str, Any]:
 @bp.get("/tenants/<tenant>", parameters=tenant_path())
 @requires(Role.ADMIN)
 @bp.response(200, TenantSchema)
-@bp.alt_response(422, schema=ErrorSchema, description="not a tenant name")
+@bp.error(422, "not a tenant name")
 def get_tenant(tenant: str) -> dict[str, Any]:
     """The tenant's effective limits, allowlist and webhook secrets (by date only)."""
     svc = services()

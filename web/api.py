@@ -27,7 +27,7 @@ from tasks.names import ESTIMATE, PREPARE, REDRIVE, celery_priority
 from web.audit import audited
 from web.auth import current_key, requires, visible_job, visible_tenant
 from web.idempotency import idempotent
-from web.openapi import Blueprint, ErrorSchema
+from web.openapi import Blueprint
 from web.request import json_object, single_values
 from web.schemas import (
     BatchJobSchema,
@@ -52,11 +52,6 @@ bp = Blueprint(
 )
 
 JSONL = "application/jsonl"
-
-
-def error(status: int, description: str) -> Any:
-    """Document an error this view answers (the envelope, web/errors.py)."""
-    return bp.alt_response(status, schema=ErrorSchema, description=description)
 
 
 def services() -> Services:
@@ -119,11 +114,11 @@ SUBMISSION_ANSWERS = {202: {"content": {"application/json": {"schema": {"oneOf":
 @idempotent("batch")
 @bp.doc(requestBody=SUBMISSION_BODY, responses=SUBMISSION_ANSWERS)
 @bp.response(202, JobCreatedSchema, description="the job, queued; with dry_run, the estimate, queued")
-@error(409, "an Idempotency-Key whose first request is still being processed")
-@error(413, "a body or file over the service's limits")
-@error(415, "neither application/json nor multipart/form-data")
-@error(422, "a field at fault, named in details.fields (or details.field)")
-@error(429, "a rate limit or quota: Retry-After says when to retry")
+@bp.error(409, "an Idempotency-Key whose first request is still being processed")
+@bp.error(413, "a body or file over the service's limits")
+@bp.error(415, "neither application/json nor multipart/form-data")
+@bp.error(422, "a field at fault, named in details.fields (or details.field)")
+@bp.error(429, "a rate limit or quota: Retry-After says when to retry")
 def submit_batch() -> Any:
     """Submit a batch: the JSONL at `input_file_url` (application/json) or
     uploaded as the `file` part (multipart/form-data). With `Idempotency-Key`,
@@ -210,7 +205,7 @@ def _visible_estimate(estimate_id: str) -> dict[str, Any]:
 
 @bp.get("/estimates/<estimate_id>")
 @bp.response(200, EstimateSchema)
-@error(404, "no such estimate (or past its TTL, or another tenant's)")
+@bp.error(404, "no such estimate (or past its TTL, or another tenant's)")
 def get_estimate(estimate_id: str) -> dict[str, Any]:
     """A dry run's estimate: `queued` until the cpu worker has counted, then `done`
     (or `invalid`, with the errors a real submission would fail with)."""
@@ -220,7 +215,7 @@ def get_estimate(estimate_id: str) -> dict[str, Any]:
 @bp.delete("/estimates/<estimate_id>")
 @requires(Role.SUBMITTER)
 @bp.response(200, EstimateDeletedSchema)
-@error(404, "no such estimate (or past its TTL, or another tenant's)")
+@bp.error(404, "no such estimate (or past its TTL, or another tenant's)")
 def delete_estimate(estimate_id: str) -> dict[str, Any]:
     """Delete a dry run's estimate."""
     services().estimates.delete(_visible_estimate(estimate_id)["estimate_id"])
@@ -303,7 +298,7 @@ def report_costs(query: dict[str, Any]) -> dict[str, Any]:
 
 @bp.get("/batch/<job_id>")
 @bp.response(200, BatchJobSchema)
-@error(404, "no such job (or another tenant's)")
+@bp.error(404, "no such job (or another tenant's)")
 def get_batch(job_id: str) -> dict[str, Any]:
     """A job: status, progress, throughput, times, usage and cost; a failed job's errors."""
     return job_view(services(), visible_job(job_id))
@@ -312,7 +307,7 @@ def get_batch(job_id: str) -> dict[str, Any]:
 @bp.get("/batch")
 @bp.arguments(PageSchema, location="query")
 @bp.response(200, BatchListSchema)
-@error(404, "`after` names no job")
+@bp.error(404, "`after` names no job")
 def list_batches(query: dict[str, Any]) -> dict[str, Any]:
     """The caller's jobs (an admin's: every tenant's), newest first, `limit` after the job `after`."""
     svc = services()
@@ -332,9 +327,9 @@ FINISHED = frozenset({JobStatus.COMPLETED, JobStatus.CANCELLED, JobStatus.EXPIRE
 @audited("results")
 @bp.arguments(ResultsQuerySchema, location="query")
 @bp.response(200, BatchResultsSchema)
-@error(404, "no such job (or another tenant's)")
-@error(409, "the job has not ended (and partial is false, or it is not running): no results yet")
-@error(410, "the job's files were deleted after the retention period")
+@bp.error(404, "no such job (or another tenant's)")
+@bp.error(409, "the job has not ended (and partial is false, or it is not running): no results yet")
+@bp.error(410, "the job's files were deleted after the retention period")
 def get_results(query: dict[str, Any], job_id: str) -> dict[str, Any]:
     """Links to the results. `?partial=true` also answers while the job runs,
     with links to what has finished so far."""
@@ -382,7 +377,7 @@ def get_results(query: dict[str, Any], job_id: str) -> dict[str, Any]:
 @audited("results_partial")
 @bp.arguments(PartialQuerySchema, location="query")
 @bp.response(200, {"type": "string"}, content_type=JSONL, description="the finished lines, as JSONL")
-@error(404, "no such job (or another tenant's)")
+@bp.error(404, "no such job (or another tenant's)")
 def get_partial(query: dict[str, Any], job_id: str) -> Response:
     """Stream the lines finished so far (`kind`: the results or the error lines):
     complete JSON lines, never a torn one."""
@@ -397,8 +392,8 @@ def get_partial(query: dict[str, Any], job_id: str) -> Response:
 @bp.arguments(RetryQuerySchema, location="query")
 @bp.response(202, BatchRetrySchema, description="the re-drive (scope=job), or the new retry job (failed_requests)")
 @bp.alt_response(200, schema=BatchRetrySchema, description="scope=failed_requests asked again: the same retry job")
-@error(404, "no such job (or another tenant's)")
-@error(409, "the job has ended (scope=job), or has no failed requests to retry")
+@bp.error(404, "no such job (or another tenant's)")
+@bp.error(409, "the job has ended (scope=job), or has no failed requests to retry")
 def retry_batch(query: dict[str, Any], job_id: str) -> tuple[dict[str, Any], int]:
     """Re-drive what a job is missing (lost shards, a lost finalize): the same
     as the sweeper does for stalled jobs, now, for this one job. With
@@ -438,8 +433,8 @@ def _retry_failed_requests(svc: Services, job: Job) -> tuple[dict[str, Any], int
 @audited("cancel")
 @requires(Role.SUBMITTER)
 @bp.response(200, BatchJobSchema, description="the job, cancelling (or cancelled, if it had not started)")
-@error(404, "no such job (or another tenant's)")
-@error(409, "the job has already ended")
+@bp.error(404, "no such job (or another tenant's)")
+@bp.error(409, "the job has already ended")
 def cancel_batch(job_id: str) -> dict[str, Any]:
     """Cancel a job: running shards stop at their next checkpoint; what finished is kept."""
     svc = services()
@@ -450,8 +445,8 @@ def cancel_batch(job_id: str) -> dict[str, Any]:
 @audited("download")
 @bp.doc(security=[])
 @bp.response(200, {"type": "string"}, content_type=JSONL, description="the file (Content-Disposition names it)")
-@error(403, "the link's signature is wrong or it has expired")
-@error(404, "the object is gone, or downloads are served by the object store")
+@bp.error(403, "the link's signature is wrong or it has expired")
+@bp.error(404, "the object is gone, or downloads are served by the object store")
 def download(token: str) -> Response:
     """Serves signed links of the local-directory storage backend."""
     storage = services().storage

@@ -16,7 +16,6 @@ from batchsvc.store.keys import Role
 from web.admin_schemas import OPTIONAL_JSON, BackupSchema, Blueprint, RestoreResultSchema, RestoreSchema
 from web.audit import audited
 from web.auth import requires
-from web.openapi import ErrorSchema
 
 bp = Blueprint("backup", __name__, url_prefix="/v1/admin", description="Backup and restore of the job state")
 
@@ -35,7 +34,7 @@ def make_backup() -> dict[str, Any]:
 @requires(Role.ADMIN)
 @bp.arguments(RestoreSchema, location=OPTIONAL_JSON, required=False)
 @bp.response(200, RestoreResultSchema)
-@bp.alt_response(404, schema=ErrorSchema, description="no such backup (or none at all) in storage")
+@bp.error(404, "no such backup (or none at all) in storage")
 def restore_backup(args: dict[str, Any]) -> dict[str, Any]:
     """Write back every record of a backup (the latest unless `backup`) that Redis
     lacks; records present are left alone, so it is safe to run twice."""

@@ -16,7 +16,6 @@ from tasks.names import SWAP_MODEL
 from web.admin_schemas import OPTIONAL_JSON, Blueprint, ModelListSchema, SwapSchema, WorkerListSchema, WorkerSchema
 from web.audit import audited
 from web.auth import requires
-from web.openapi import ErrorSchema
 
 bp = Blueprint("fleet", __name__, url_prefix="/v1", description="The model catalogue and the LLM workers")
 
@@ -61,7 +60,7 @@ def list_workers() -> dict[str, Any]:
 @requires(Role.ADMIN)
 @bp.arguments(SwapSchema, location=OPTIONAL_JSON)
 @bp.response(202, WorkerSchema)
-@bp.alt_response(404, schema=ErrorSchema, description="no live LLM worker by this name")
+@bp.error(404, "no live LLM worker by this name")
 def swap_worker_model(args: dict[str, Any], name: str) -> dict[str, Any]:
     """Move a live LLM worker to another model without restarting it: it finishes
     its current shard, unloads its engine, loads `model` and consumes that model's

@@ -7,9 +7,9 @@ official `openai` client at `{host}/v1` and it works unchanged."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, TypeVar
+from typing import Any
 
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Response, current_app, g
 
 from batchsvc.access import Role
 from batchsvc.errors import ErrorType, ServiceError
@@ -24,13 +24,31 @@ from web.api import enqueue_prepare
 from web.audit import audited
 from web.auth import current_key, requires, visible_file, visible_job, visible_tenant
 from web.idempotency import idempotent
-from web.openai_schemas import UPLOAD_PURPOSE, CreateBatchSchema, ListFilesSchema, UploadFileSchema
-from web.request import json_object, single_values
+from web.openai_schemas import (
+    OPENAI_STATUS,
+    UPLOAD_PURPOSE,
+    CreateBatchSchema,
+    ListFilesSchema,
+    OpenAIBatchListSchema,
+    OpenAIBatchSchema,
+    OpenAIFileDeletedSchema,
+    OpenAIFileListSchema,
+    OpenAIFileSchema,
+    UploadFileSchema,
+)
+from web.openapi import Blueprint
 from web.schemas import PageSchema
 
-bp = Blueprint("openai", __name__, url_prefix="/v1")
+bp = Blueprint(
+    "openai",
+    __name__,
+    url_prefix="/v1",
+    description="OpenAI's Files and Batches API: point the official openai client at {host}/v1",
+)
 
-T = TypeVar("T")
+JSONL = "application/jsonl"
+NO_FILE = "no such file (or another tenant's)"
+NO_BATCH = "no such batch (or another tenant's)"
 
 
 def services() -> Services:
@@ -82,44 +100,51 @@ def file_object(record: FileRecord) -> dict[str, Any]:
 @audited("file_upload")
 @requires(Role.SUBMITTER)
 @idempotent("files")
-def create_file() -> Response:
-    if request.mimetype != "multipart/form-data":
-        raise ServiceError(
-            ErrorType.UNSUPPORTED_MEDIA_TYPE,
-            "upload the file as multipart/form-data with 'file' and 'purpose' parts",
-            {"content_type": request.mimetype or None},
-        )
-    args = UploadFileSchema().load({**single_values(request.form), **single_values(request.files, "file part")})
+@bp.arguments(UploadFileSchema, location="multipart")
+@bp.response(200, OpenAIFileSchema)
+@bp.error(409, "an Idempotency-Key whose first request is still being processed")
+@bp.error(413, "a file over max_file_bytes")
+@bp.error(415, "not multipart/form-data")
+def create_file(args: dict[str, Any]) -> dict[str, Any]:
+    """Upload a JSONL of requests (`purpose=batch`) for a batch to read."""
     upload = args["file"]
-    svc = services()
     try:
-        record = store_upload(svc, current_key().tenant, upload.stream, args["filename"], UPLOAD_PURPOSE)
+        record = store_upload(services(), current_key().tenant, upload.stream, args["filename"], UPLOAD_PURPOSE)
     finally:
         upload.close()  # a large upload spools to a temp file: release it now
     g.audit_file_id = record.id
-    return jsonify(file_object(record))
+    return file_object(record)
 
 
 @bp.get("/files")
-def list_files() -> Response:
-    args = ListFilesSchema().load(request.args.to_dict())
+@bp.arguments(ListFilesSchema, location="query")
+@bp.response(200, OpenAIFileListSchema)
+@bp.error(404, "`after` names no file")
+def list_files(query: dict[str, Any]) -> dict[str, Any]:
+    """The caller's files (an admin's: every tenant's), newest first."""
     page, has_more = services().files.page(
-        limit=args["limit"],
-        after=args["after"],
+        limit=query["limit"],
+        after=query["after"],
         tenant=visible_tenant(),
-        keep=lambda f: args["purpose"] is None or f.purpose == args["purpose"],
+        keep=lambda f: query["purpose"] is None or f.purpose == query["purpose"],
     )
-    return jsonify(_list_body([file_object(f) for f in page], has_more))
+    return _list_body([file_object(f) for f in page], has_more)
 
 
 @bp.get("/files/<file_id>")
-def get_file(file_id: str) -> Response:
-    return jsonify(file_object(visible_file(file_id)))
+@bp.response(200, OpenAIFileSchema)
+@bp.error(404, NO_FILE)
+def get_file(file_id: str) -> dict[str, Any]:
+    """A file's record."""
+    return file_object(visible_file(file_id))
 
 
 @bp.get("/files/<file_id>/content")
 @audited("file_download")
+@bp.response(200, {"type": "string"}, content_type=JSONL, description="the file's bytes")
+@bp.error(404, NO_FILE)
 def get_file_content(file_id: str) -> Response:
+    """Stream a file: an upload, or a batch's output or error file."""
     svc = services()
     record = visible_file(file_id)
     try:
@@ -134,18 +159,20 @@ def get_file_content(file_id: str) -> Response:
             while chunk := stream.read(256 * 1024):
                 yield chunk
 
-    jsonl = record.filename.endswith(".jsonl") or record.purpose in ("batch", "batch_output")
     headers = {
         "Content-Length": str(record.size),
         "Content-Disposition": content_disposition(record.filename),
     }
-    return Response(chunks(), mimetype="application/jsonl" if jsonl else "application/octet-stream", headers=headers)
+    # Every purpose a file can have (FILE_PURPOSES) is JSONL.
+    return Response(chunks(), mimetype=JSONL, headers=headers)
 
 
 @bp.delete("/files/<file_id>")
 @audited("file_delete")
 @requires(Role.SUBMITTER)
-def delete_file(file_id: str) -> Response:
+@bp.response(200, OpenAIFileDeletedSchema)
+@bp.error(404, NO_FILE)
+def delete_file(file_id: str) -> dict[str, Any]:
     """An uploaded file loses its bytes and its record. A batch's output or error
     file loses its record only: the bytes are the job's results, which the
     /v1/batch API of the same job still serves."""
@@ -154,13 +181,11 @@ def delete_file(file_id: str) -> Response:
     if record.purpose == UPLOAD_PURPOSE:
         svc.storage.delete(record.key)
     svc.files.delete(record)
-    return jsonify({"id": file_id, "object": "file", "deleted": True})
+    return {"id": file_id, "object": "file", "deleted": True}
 
 
 # --- batches -------------------------------------------------------------------------
 
-# OpenAI has no "queued": a batch it accepted is "validating" until it runs.
-_STATUS = {JobStatus.QUEUED: "validating"}
 # Which terminal status each `*_at` timestamp belongs to (all come from finished_at).
 _FINISHED_AT = {
     JobStatus.COMPLETED: "completed_at",
@@ -200,7 +225,7 @@ def batch_object(svc: Services, job: Job) -> dict[str, Any]:
         "errors": errors,
         "input_file_id": job.input_file_id,
         "completion_window": job.completion_window,
-        "status": _STATUS.get(job.status, job.status.value),
+        "status": OPENAI_STATUS.get(job.status, job.status.value),
         "output_file_id": job.output_file_id,
         "error_file_id": job.error_file_id,
         "created_at": unix(job.created_at),
@@ -221,8 +246,15 @@ def batch_object(svc: Services, job: Job) -> dict[str, Any]:
 @audited("submit")
 @requires(Role.SUBMITTER)
 @idempotent("batches")
-def create_batch() -> Response:
-    args = CreateBatchSchema().load(json_object())
+@bp.arguments(CreateBatchSchema)
+@bp.response(200, OpenAIBatchSchema)
+@bp.error(404, "no such input file (or another tenant's)")
+@bp.error(409, "an Idempotency-Key whose first request is still being processed")
+@bp.error(422, "a field at fault, named in details.fields")
+@bp.error(429, "a rate limit or quota: Retry-After says when to retry")
+def create_batch(args: dict[str, Any]) -> dict[str, Any]:
+    """Create a batch of the requests in an uploaded file (`purpose=batch`).
+    The model is `metadata.model`, or the first line's `body.model`."""
     svc = services()
     input_file = visible_file(args["input_file_id"])
     if input_file.tenant != current_key().tenant:  # an admin runs jobs as its own tenant only
@@ -252,25 +284,35 @@ def create_batch() -> Response:
         metadata=metadata,
     )
     g.audit_job_id = job.id
-    return jsonify(batch_object(svc, job))
+    return batch_object(svc, job)
 
 
 @bp.get("/batches/<batch_id>")
-def get_batch(batch_id: str) -> Response:
-    return jsonify(batch_object(services(), visible_job(batch_id)))
+@bp.response(200, OpenAIBatchSchema)
+@bp.error(404, NO_BATCH)
+def get_batch(batch_id: str) -> dict[str, Any]:
+    """A batch: its status, request counts, times, usage and files."""
+    return batch_object(services(), visible_job(batch_id))
 
 
 @bp.post("/batches/<batch_id>/cancel")
 @audited("cancel")
 @requires(Role.SUBMITTER)
-def cancel_batch(batch_id: str) -> Response:
+@bp.response(200, OpenAIBatchSchema, description="the batch, cancelling (or cancelled, if it had not started)")
+@bp.error(404, NO_BATCH)
+@bp.error(409, "the batch has already ended")
+def cancel_batch(batch_id: str) -> dict[str, Any]:
+    """Cancel a batch: running requests stop at their next checkpoint; what finished is kept."""
     svc = services()
-    return jsonify(batch_object(svc, cancel_job(svc, visible_job(batch_id).id)))
+    return batch_object(svc, cancel_job(svc, visible_job(batch_id).id))
 
 
 @bp.get("/batches")
-def list_batches() -> Response:
-    args = PageSchema().load(request.args.to_dict())
+@bp.arguments(PageSchema, location="query")
+@bp.response(200, OpenAIBatchListSchema)
+@bp.error(404, "`after` names no batch")
+def list_batches(query: dict[str, Any]) -> dict[str, Any]:
+    """The caller's batches (an admin's: every tenant's), newest first."""
     svc = services()
-    page, has_more = svc.jobs.page(limit=args["limit"], after=args["after"], tenant=visible_tenant())
-    return jsonify(_list_body([batch_object(svc, job) for job in page], has_more))
+    page, has_more = svc.jobs.page(limit=query["limit"], after=query["after"], tenant=visible_tenant())
+    return _list_body([batch_object(svc, job) for job in page], has_more)

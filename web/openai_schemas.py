@@ -1,6 +1,7 @@
-"""Request schemas of the OpenAI-compatible Files and Batches API (marshmallow).
+"""Schemas of the OpenAI-compatible Files and Batches API (marshmallow): what
+the views read, and the file, batch and list objects they answer, key for key.
 
-The rules are OpenAI's where OpenAI has one (metadata: at most 16 string pairs,
+The request rules are OpenAI's where OpenAI has one (metadata: at most 16 string pairs,
 keys up to 64 characters, values up to 512), so a client that works against
 OpenAI is never refused here for something OpenAI accepts."""
 
@@ -9,25 +10,15 @@ from __future__ import annotations
 from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates
-from werkzeug.datastructures import FileStorage
 
 from batchsvc.inference.validation import DEFAULT_SUPPORTED_URLS
-from batchsvc.store.jobs import parse_priority
-from web.schemas import PRIORITY_HELP, WINDOW, PageSchema
+from batchsvc.store.jobs import JobStatus, parse_priority
+from web.schemas import PRIORITY_HELP, WINDOW, FilePart, PageSchema
 
 # The only purpose a client may upload; "batch_output" files are made by finalize.
 UPLOAD_PURPOSE = "batch"
 FILE_PURPOSES = ("batch", "batch_output")
 BATCH_ENDPOINTS = tuple(sorted(DEFAULT_SUPPORTED_URLS))
-
-
-class _Upload(fields.Field):
-    """The multipart `file` part, as Werkzeug hands it over (spooled, unread)."""
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> FileStorage:
-        if not isinstance(value, FileStorage):
-            raise ValidationError("must be a file part of a multipart/form-data request")
-        return value
 
 
 class UploadFileSchema(Schema):
@@ -36,7 +27,7 @@ class UploadFileSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    file = _Upload(required=True)
+    file = FilePart(required=True, metadata={"description": "the JSONL of requests"})
     purpose = fields.String(
         required=True,
         validate=validate.Equal(UPLOAD_PURPOSE, error=f"only purpose '{UPLOAD_PURPOSE}' can be uploaded"),
@@ -85,3 +76,115 @@ class CreateBatchSchema(Schema):
     def _defaults(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
         data["metadata"] = data.get("metadata") or {}
         return data
+
+
+# --- responses: OpenAI's objects ------------------------------------------------------
+
+# OpenAI has no "queued": a batch it accepted is "validating" until it runs.
+OPENAI_STATUS = {JobStatus.QUEUED: "validating"}
+BATCH_STATUSES = sorted({OPENAI_STATUS.get(status, status.value) for status in JobStatus})
+
+
+def _unix(**kwargs: Any) -> fields.Integer:
+    """A time as unix seconds (OpenAI's objects count time so)."""
+    return fields.Integer(metadata={"description": "unix seconds"}, **kwargs)
+
+
+def _constant(value: str) -> fields.String:
+    return fields.String(required=True, validate=validate.Equal(value))
+
+
+class OpenAIFileSchema(Schema):
+    id = fields.String(required=True)
+    object = _constant("file")
+    bytes = fields.Integer(required=True)
+    created_at = _unix(required=True)
+    filename = fields.String(required=True)
+    purpose = fields.String(required=True, validate=validate.OneOf(FILE_PURPOSES))
+    status = _constant("processed")
+    status_details = fields.String(required=True, allow_none=True)
+    expires_at = _unix(required=True, allow_none=True)
+
+
+class _ListSchema(Schema):
+    object = _constant("list")
+    first_id = fields.String(required=True, allow_none=True)
+    last_id = fields.String(required=True, allow_none=True)
+    has_more = fields.Boolean(required=True)
+
+
+class OpenAIFileListSchema(_ListSchema):
+    data = fields.List(fields.Nested(OpenAIFileSchema), required=True)
+
+
+class OpenAIFileDeletedSchema(Schema):
+    id = fields.String(required=True)
+    object = _constant("file")
+    deleted = fields.Boolean(required=True)
+
+
+class OpenAIBatchErrorSchema(Schema):
+    code = fields.String(required=True, allow_none=True)
+    message = fields.String(required=True)
+    param = fields.String(required=True, allow_none=True)
+    line = fields.Integer(required=True, allow_none=True)
+
+
+class OpenAIBatchErrorsSchema(Schema):
+    object = _constant("list")
+    data = fields.List(fields.Nested(OpenAIBatchErrorSchema), required=True)
+
+
+class OpenAIRequestCountsSchema(Schema):
+    total = fields.Integer(required=True)
+    completed = fields.Integer(required=True)
+    failed = fields.Integer(required=True)
+
+
+class _CachedTokensSchema(Schema):
+    cached_tokens = fields.Integer(required=True)
+
+
+class _ReasoningTokensSchema(Schema):
+    reasoning_tokens = fields.Integer(required=True)
+
+
+class OpenAIBatchUsageSchema(Schema):
+    input_tokens = fields.Integer(required=True)
+    input_tokens_details = fields.Nested(_CachedTokensSchema, required=True)
+    output_tokens = fields.Integer(required=True)
+    output_tokens_details = fields.Nested(_ReasoningTokensSchema, required=True)
+    total_tokens = fields.Integer(required=True)
+
+
+class OpenAIBatchSchema(Schema):
+    """A batchsvc job as an OpenAI batch object."""
+
+    id = fields.String(required=True)
+    object = _constant("batch")
+    # These three are None for a job submitted to /v1/batch (by URL or upload, no endpoint named).
+    endpoint = fields.String(required=True, allow_none=True)
+    model = fields.String(required=True)
+    errors = fields.Nested(OpenAIBatchErrorsSchema, required=True, allow_none=True)
+    input_file_id = fields.String(required=True, allow_none=True)
+    completion_window = fields.String(required=True, allow_none=True)
+    status = fields.String(required=True, validate=validate.OneOf(BATCH_STATUSES))
+    output_file_id = fields.String(required=True, allow_none=True)
+    error_file_id = fields.String(required=True, allow_none=True)
+    created_at = _unix(required=True)
+    in_progress_at = _unix(required=True, allow_none=True)
+    expires_at = _unix(required=True, allow_none=True)
+    finalizing_at = _unix(required=True, allow_none=True)
+    completed_at = _unix(required=True, allow_none=True)
+    failed_at = _unix(required=True, allow_none=True)
+    expired_at = _unix(required=True, allow_none=True)
+    cancelling_at = _unix(required=True, allow_none=True)
+    cancelled_at = _unix(required=True, allow_none=True)
+    request_counts = fields.Nested(OpenAIRequestCountsSchema, required=True)
+    # Strings for batches made here; a /v1/batch job's metadata is shown as it was given.
+    metadata = fields.Dict(required=True, allow_none=True)
+    usage = fields.Nested(OpenAIBatchUsageSchema, required=True)
+
+
+class OpenAIBatchListSchema(_ListSchema):
+    data = fields.List(fields.Nested(OpenAIBatchSchema), required=True)

@@ -2,8 +2,11 @@
 are marshmallow schemas, and the OpenAPI 3 document generated from them, served
 at /openapi.json with a reference page at /docs.
 
-Views declare what they read with ``@bp.arguments(Schema, location=...)`` and what
-they answer with ``@bp.response(status, Schema)``. Arguments are read the way the
+Views declare what they read with ``@bp.arguments(Schema, location=...)``, what
+they answer with ``@bp.response(status, Schema)`` and the errors they give with
+``@bp.error(status, description)``. The ``multipart`` location is a whole
+multipart/form-data body, its fields and file parts loaded by one schema (any
+other content type is a 415). Arguments are read the way the
 rest of the API reads a body (web/request.py: bounded in size and depth, a field
 given twice refused), and a schema that refuses them raises marshmallow's
 ValidationError, which web/errors.py turns into the one error envelope. The page's
@@ -22,10 +25,11 @@ from marshmallow import Schema, ValidationError, fields, validate
 from webargs.flaskparser import FlaskParser
 
 from batchsvc import __version__
-from batchsvc.errors import ErrorType
+from batchsvc.errors import ErrorType, ServiceError
 from web.request import json_object, single_values
 
 SECURITY_SCHEME = "bearerAuth"
+MULTIPART = "multipart/form-data"
 DOCS_ASSETS = "/docs/assets/"
 # Served without a key: what the API is, not what it holds.
 PUBLIC_ENDPOINTS = frozenset({"api-docs.openapi_json", "api-docs.openapi_swagger_ui", "openapi-assets.asset"})
@@ -56,6 +60,7 @@ class ApiParser(FlaskParser):
         "querystring": None,
         "query": None,
         "files": None,
+        "multipart": None,
         "headers": "exclude",
         "cookies": "exclude",
     }
@@ -66,8 +71,19 @@ class ApiParser(FlaskParser):
     def load_form(self, req: Any, schema: Schema) -> Any:
         return single_values(req.form)
 
+    __location_map__ = {**FlaskParser.__location_map__, "multipart": "load_multipart"}
+
     def load_files(self, req: Any, schema: Schema) -> Any:
         return single_values(req.files, "file part")
+
+    def load_multipart(self, req: Any, schema: Schema) -> Any:
+        if req.mimetype != MULTIPART:
+            raise ServiceError(
+                ErrorType.UNSUPPORTED_MEDIA_TYPE,
+                f"send {MULTIPART} with the fields and the file part",
+                {"content_type": req.mimetype or None},
+            )
+        return {**single_values(req.form), **single_values(req.files, "file part")}
 
     def handle_error(self, error: ValidationError, req: Any, schema: Schema, **_: Any) -> Any:
         # webargs nests the messages under the location ({"json": {...}}); the
@@ -80,6 +96,14 @@ class ApiParser(FlaskParser):
 
 class Blueprint(flask_smorest.Blueprint):
     ARGUMENTS_PARSER = ApiParser()
+    DEFAULT_LOCATION_CONTENT_TYPE_MAPPING = {
+        **flask_smorest.Blueprint.DEFAULT_LOCATION_CONTENT_TYPE_MAPPING,
+        "multipart": MULTIPART,
+    }
+
+    def error(self, status: int, description: str) -> Any:
+        """Document an error this view answers (the envelope, web/errors.py)."""
+        return self.alt_response(status, schema=ErrorSchema, description=description)
 
 
 class Api(flask_smorest.Api):
