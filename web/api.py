@@ -125,28 +125,28 @@ def submit_batch() -> Any:
     a retried request answers what the first answered."""
     args = _read_submission()
     upload_part = args.pop("file", None)
-    upload = upload_part.stream if upload_part is not None else None
     metadata = args.get("metadata") or {}
-    if args["dry_run"]:
-        return _dry_run(args, upload)
+    # What a job and a dry run's estimate are both made of.
+    submission: dict[str, Any] = {
+        "tenant": current_key().tenant,
+        "model": args["model"],
+        "input_url": args.get("input_file_url"),
+        "upload": upload_part.stream if upload_part is not None else None,
+        "metadata": metadata,
+        "completion_window": args.get("completion_window"),
+        "reuse": args.get("reuse"),
+        "reuse_from": args.get("reuse_from"),
+        "force": args["force"],
+    }
     try:
+        if args["dry_run"]:
+            return _dry_run(submission)
         job = submit_job(
-            services(),
-            tenant=current_key().tenant,
-            model=args["model"],
-            input_url=args.get("input_file_url"),
-            upload=upload,
-            webhook_url=args.get("webhook_url"),
-            metadata=metadata,
-            completion_window=args.get("completion_window"),
-            reuse=args.get("reuse"),
-            reuse_from=args.get("reuse_from"),
-            force=args["force"],
-            enqueue=enqueue_prepare(metadata),
+            services(), webhook_url=args.get("webhook_url"), enqueue=enqueue_prepare(metadata), **submission
         )
     finally:
-        if upload is not None:
-            upload.close()  # large uploads spool to a temp file: release it now
+        if upload_part is not None:
+            upload_part.close()  # large uploads spool to a temp file: release it now
     g.audit_job_id = job.id
     body = {
         "job_id": job.id,
@@ -157,28 +157,16 @@ def submit_batch() -> Any:
     return body, 202
 
 
-def _dry_run(args: dict[str, Any], upload: Any) -> tuple[Response, int]:
+def _dry_run(submission: dict[str, Any]) -> tuple[Response, int]:
     """Queue the estimate on the cpu worker (it counts tokens with the model's
     tokenizer); the caller reads it at `url`. No job is created."""
     celery = current_app.extensions["celery"]
     queue = services().settings.cpu_queue
-    try:
-        record = start_estimate(
-            services(),
-            tenant=current_key().tenant,
-            model=args["model"],
-            input_url=args.get("input_file_url"),
-            upload=upload,
-            metadata=args.get("metadata") or {},
-            completion_window=args.get("completion_window"),
-            reuse=args.get("reuse"),
-            reuse_from=args.get("reuse_from"),
-            force=args["force"],
-            enqueue=lambda estimate_id: celery.send_task(ESTIMATE, args=[estimate_id], queue=queue),
-        )
-    finally:
-        if upload is not None:
-            upload.close()
+    record = start_estimate(
+        services(),
+        enqueue=lambda estimate_id: celery.send_task(ESTIMATE, args=[estimate_id], queue=queue),
+        **submission,
+    )
     # Not the job schema of submit_batch's @response: a Response is answered as it is.
     return jsonify(EstimateSchema().dump(estimate_view(record))), 202
 

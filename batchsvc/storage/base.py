@@ -112,13 +112,15 @@ def content_disposition(name: str) -> str:
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
-def _copy_atomically(src: BinaryIO, dest: Path) -> None:
-    tmp, _, _, _ = _write_temp(dest.parent, src)
+def _copy_atomically(src: BinaryIO, dest: Path) -> tuple[int, str, os.stat_result]:
+    """Write src to dest whole or not at all; its size, SHA-256 and stat."""
+    tmp, size, etag, st = _write_temp(dest.parent, src)
     try:
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    return size, etag, st
 
 
 def _create_temp(directory: Path) -> tuple[int, Path]:

@@ -24,6 +24,7 @@ from batchsvc.storage.base import (
     ObjectNotFound,
     _check_delete_prefix,
     _check_prefix,
+    _copy_atomically,
     _may_hold,
     _ReadsThroughOpen,
     _write_temp,
@@ -68,13 +69,7 @@ class LocalStorage(_ReadsThroughOpen):
         self._etags[(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)] = etag
 
     def _put(self, key: str, src: BinaryIO) -> ObjectInfo:
-        dest = self.path(key)
-        tmp, size, etag, st = _write_temp(dest.parent, src)
-        try:
-            os.replace(tmp, dest)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        size, etag, st = _copy_atomically(src, self.path(key))
         self._remember(st, etag)
         return ObjectInfo(key, size, etag)
 
