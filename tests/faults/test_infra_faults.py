@@ -86,6 +86,7 @@ def test_redis_restarted_mid_job(
     # stall_after_s lowered from 900 to 5 and sweep_interval_s from 60 to 2: a delivery lost with
     # Redis's memory is found only by the sweeper, and its shipped 15 minutes do not fit CI.
     # The sweeper is the backstop; leases (tested at their shipped values) catch dead workers.
+    # tests/unit/test_recovery.py checks both shipped values (900 s, 60 s) on their own.
     stack = make_stack(delay_s=0.02, stall_after_s=5, sweep_interval_s=2)
     with sweeper(stack, tmp_path) as beat:
         requests = instant_requests(8 * stack.settings.shard_size)
@@ -116,6 +117,7 @@ def test_a_redis_restart_costs_the_running_shard_no_attempt(
     # stall_after_s lowered from 900 to 5 and sweep_interval_s from 60 to 2: a delivery lost with
     # Redis's memory is found only by the sweeper, and its shipped 15 minutes do not fit CI.
     # The sweeper is the backstop; leases (tested at their shipped values) catch dead workers.
+    # tests/unit/test_recovery.py checks both shipped values (900 s, 60 s) on their own.
     stack = make_stack(delay_s=0.02, shard_max_attempts=1, stall_after_s=5, sweep_interval_s=2)
     with sweeper(stack, tmp_path):
         requests = instant_requests(4 * stack.settings.shard_size)

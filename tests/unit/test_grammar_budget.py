@@ -86,6 +86,32 @@ def test_the_shipped_grammar_budgets() -> None:
     assert shipped.grammar_yield_after_s == 5.0 < shipped.grammar_compile_timeout_s
 
 
+def test_at_the_shipped_job_budget_a_job_compiles_until_sixty_seconds_are_spent(
+    compiler: Compiler, services: Services
+) -> None:
+    # tests/hostile/test_grammar.py lowers grammar_job_budget_s to 15 s for CI time; this
+    # is the shipped 60 s, with the spending recorded in Redis as the shards record it.
+    shipped = Settings()
+
+    def allowance(job_id: str) -> Allowance:
+        return Allowance(
+            shipped.grammar_job_budget_s,
+            shipped.grammar_yield_after_s,
+            lambda seconds: services.jobs.add_compile_seconds(job_id, seconds),
+            lambda: False,
+        )
+
+    nearly, spent = "batch_" + uuid.uuid4().hex, "batch_" + uuid.uuid4().hex
+    services.jobs.add_compile_seconds(nearly, 59.0)
+    services.jobs.add_compile_seconds(spent, 60.0)
+    with allowed(allowance(nearly)):
+        assert compiler.check(fresh()).ok  # 1 s left: an ordinary schema compiles in milliseconds
+    with allowed(allowance(spent)):
+        refused = compiler.check(fresh())
+    assert (refused.ok, refused.stopped) == (False, JOB_CODE)
+    assert refused.reason == "its job's grammar compile budget of 60 s (grammar_job_budget_s) is spent"
+
+
 def test_a_jobs_compile_seconds_are_summed_in_redis_across_workers(services: Services, settings: Settings) -> None:
     mine, other = "batch_" + "a" * 32, "batch_" + "b" * 32
     # Another worker's store: its own connection to the same Redis database.

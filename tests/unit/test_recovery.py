@@ -19,6 +19,8 @@ from batchsvc.services import Services
 from batchsvc.settings import Settings
 from batchsvc.storage import layout
 from batchsvc.store.jobs import JobStatus
+from tasks.names import SWEEP
+from tasks.schedule import beat_schedule
 from tests.conftest import make_settings
 
 
@@ -99,6 +101,15 @@ def test_at_the_shipped_stall_after_s_a_silent_job_is_re_driven_after_fifteen_mi
 
     assert found(last + 899) == []
     assert found(last + 901) == [job_id]
+
+
+def test_at_the_shipped_sweep_interval_beat_looks_for_stalled_jobs_every_minute() -> None:
+    # tests/faults/test_infra_faults.py lowers sweep_interval_s to 2 s for CI time; as shipped
+    # beat sends the sweep every 60 s, so a lost delivery is re-driven within 900 + 60 s.
+    shipped = Settings()
+    entry = beat_schedule(shipped)["sweep"]
+    assert (entry["task"], entry["schedule"]) == (SWEEP, 60.0)
+    assert entry["options"]["expires"] == shipped.sweep_interval_s  # a late sweep is skipped, not piled up
 
 
 def test_redrive_sends_the_plan_and_restarts_the_stall_clock(services: Services) -> None:
