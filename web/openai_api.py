@@ -20,7 +20,7 @@ from batchsvc.services import Services
 from batchsvc.storage.base import ObjectNotFound, content_disposition
 from batchsvc.store.files import FileNotFound, FileRecord
 from batchsvc.store.jobs import Job, JobStatus
-from web.api import enqueue_prepare
+from web.api import JSONL, enqueue_prepare
 from web.audit import audited
 from web.auth import current_key, requires, visible_file, visible_job, visible_tenant
 from web.idempotency import idempotent
@@ -46,7 +46,6 @@ bp = Blueprint(
     description="OpenAI's Files and Batches API: point the official openai client at {host}/v1",
 )
 
-JSONL = "application/jsonl"
 NO_FILE = "no such file (or another tenant's)"
 NO_BATCH = "no such batch (or another tenant's)"
 

@@ -64,14 +64,13 @@ class ApiParser(FlaskParser):
         "headers": "exclude",
         "cookies": "exclude",
     }
+    __location_map__ = {**FlaskParser.__location_map__, "multipart": "load_multipart"}
 
     def load_json(self, req: Any, schema: Schema) -> Any:
         return json_object()
 
     def load_form(self, req: Any, schema: Schema) -> Any:
         return single_values(req.form)
-
-    __location_map__ = {**FlaskParser.__location_map__, "multipart": "load_multipart"}
 
     def load_files(self, req: Any, schema: Schema) -> Any:
         return single_values(req.files, "file part")
@@ -83,7 +82,7 @@ class ApiParser(FlaskParser):
                 f"send {MULTIPART} with the fields and the file part",
                 {"content_type": req.mimetype or None},
             )
-        return {**single_values(req.form), **single_values(req.files, "file part")}
+        return {**self.load_form(req, schema), **self.load_files(req, schema)}
 
     def handle_error(self, error: ValidationError, req: Any, schema: Schema, **_: Any) -> Any:
         # webargs nests the messages under the location ({"json": {...}}); the

@@ -67,3 +67,9 @@ def app(make_app: Any) -> Flask:
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
+
+
+@pytest.fixture
+def document(client: FlaskClient) -> dict[str, Any]:
+    """The OpenAPI document the app serves."""
+    return client.get("/openapi.json").get_json()

@@ -47,11 +47,6 @@ def admin(app: Flask) -> FlaskClient:
     return client_of(app, role=Role.ADMIN)
 
 
-@pytest.fixture
-def document(client: FlaskClient) -> dict[str, Any]:
-    return client.get("/openapi.json").get_json()
-
-
 def component(document: dict[str, Any], ref: dict[str, Any]) -> str:
     return ref["$ref"].removeprefix("#/components/schemas/")
 

@@ -35,11 +35,6 @@ OPERATIONS = [
 ]
 
 
-@pytest.fixture
-def document(client: FlaskClient) -> dict[str, Any]:
-    return client.get("/openapi.json").get_json()
-
-
 def component(document: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
     return document["components"]["schemas"][ref["$ref"].rsplit("/", 1)[1]]
 

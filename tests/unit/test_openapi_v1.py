@@ -47,11 +47,6 @@ OPERATIONS = [
 ]
 
 
-@pytest.fixture
-def document(client: FlaskClient) -> dict[str, Any]:
-    return client.get("/openapi.json").get_json()
-
-
 def operation(document: dict[str, Any], method: str, path: str) -> dict[str, Any]:
     return document["paths"][path][method]
 
